@@ -1,0 +1,9 @@
+"""Importing this module registers every built-in entry (each module's @register runs)."""
+
+from precondlab import data, metrics, sampling, schedule  # noqa: F401
+from precondlab.nets import songunet  # noqa: F401
+from precondlab.odes import analytic, simple  # noqa: F401
+from precondlab.preconditioners import analytic as _analytic, bcm, cm, ctm  # noqa: F401
+from precondlab.students import mlp  # noqa: F401
+from precondlab.teachers import edm_pkl, empirical, gmm, state_dict  # noqa: F401
+from precondlab.training import losses, objectives  # noqa: F401

@@ -1,0 +1,146 @@
+"""precondlab command line: run, list, gap (and sweep)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+
+def _gin_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="*", help="gin file(s), parsed in order")
+    p.add_argument("--gin_file", action="append", default=[], help="more gin files (repeatable)")
+    p.add_argument("--gin_bindings", "--gin_binding", action="append", default=[],
+                   help="a gin binding, e.g. 'experiment.steps = 100' (repeatable)")
+    p.add_argument("--gin_search_paths", action="append", default=[], help="folders searched for includes")
+
+
+def _load(args):
+    from precondlab import config
+    files = list(args.config) + list(args.gin_file)
+    if not files and not args.gin_bindings:
+        raise config.ConfigError("no gin file given: e.g. precondlab run gin/toy_analytic.gin")
+    return config.load(files, args.gin_bindings, args.gin_search_paths)
+
+
+def cmd_list(args) -> int:
+    from precondlab import registry
+    entries = registry.list_entries(args.kind)
+    width = max((len(e.name) for e in entries), default=0)
+    kind = None
+    for e in entries:
+        if e.kind != kind:
+            kind = e.kind
+            print(f"{kind}  ({registry.KINDS[kind]})")
+        origin = "" if e.module.startswith("precondlab.") else f"  [{e.module}]"
+        print(f"  {e.name:<{width}}  {e.doc}{origin}")
+    return 0
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def cmd_run(args) -> int:
+    from precondlab import experiment
+    cfg = _load(args)
+    result = experiment.run(cfg, tracking_uri=args.tracking_uri, experiment_name=args.experiment,
+                            progress=not args.no_progress)
+    rows = [(k, f"{v:.4g}") for k, v in sorted(result.final.items())]
+    rows += [("mlflow run", result.run_id), ("checkpoint", result.checkpoint or "-")]
+    print("\nsummary (final evaluation; lower is better for swd, traj_mse, jump_mse):")
+    print(_table(rows))
+    if args.json:
+        print(json.dumps({"run_id": result.run_id, "final": result.final}))
+    return 0
+
+
+def cmd_gap(args) -> int:
+    from precondlab import experiment, registry
+    from precondlab.gap import GapEstimator, check_pair, parse_pairs
+    pairs = parse_pairs(args.pairs)
+    _load(args)
+    teacher = experiment.Experiment().teacher
+    for t, s in pairs:
+        check_pair(t, s, teacher.schedule)
+    names = args.preconditioners.split(",") if args.preconditioners else [
+        e.name for e in registry.list_entries("preconditioner") if e.obj.denoiser_form]
+    estimator = GapEstimator(teacher, num_samples=args.samples)
+    rows, fitted = [], {}
+    for spec in names:
+        name, _, form = spec.partition(":")
+        cls = registry.get("preconditioner", name)
+        if not cls.denoiser_form:
+            print(f"# skipped {name}: its F is a raw network output, not a denoiser, so the gap does not apply",
+                  file=sys.stderr)
+            continue
+        forms = [form] if form else (["forward", "backward"] if "form" in cls.__init__.__code__.co_varnames else [""])
+        for fm in forms:
+            precond = cls(form=fm) if fm else cls()
+            key = (name, type(getattr(precond, "ode", None)).__name__)
+            if key in fitted:
+                precond.schedule, precond.coeffs = teacher.schedule, fitted[key]
+            else:
+                precond.fit(teacher)
+                fitted[key] = getattr(precond, "coeffs", None)
+            label = f"{name}:{fm}" if fm else name
+            rows += [estimator.row(label, precond, t, s) for t, s in pairs]
+    if args.json:
+        print(json.dumps([r.as_dict() for r in rows], indent=1))
+        return 0
+    print(f"{'preconditioner':<20} {'t':>8} {'s':>8} {'f':>10} {'g':>10} {'gap vs D(x_t,t)':>16} {'gap vs D(x_s,s)':>16}")
+    for r in rows:
+        print(f"{r.preconditioner:<20} {r.t:>8.4g} {r.s:>8.4g} {r.f:>10.4g} {r.g:>10.4g} {r.gap_t:>16.4g} {r.gap_s:>16.4g}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*")  # raised by a dependency's import
+    parser = argparse.ArgumentParser(prog="precondlab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="train a student as a gin config describes, logging to MLflow")
+    _gin_args(p)
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
+    p.add_argument("--experiment", default="precondlab", help="MLflow experiment name")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="also print the final metrics as JSON")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("list", help="list registered entries with their one-line docs")
+    p.add_argument("kind", nargs="?", help="teacher, ode, preconditioner, student, ... (default: all)")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("gap", help="f, g and the exact consistency gap of preconditioners on the config's teacher")
+    _gin_args(p)
+    p.add_argument("--pairs", default="10:1,5:0.5,80:0.002", help="T:S pairs, comma-separated")
+    p.add_argument("--preconditioners", help="comma-separated names, 'analytic:forward' for one form "
+                                             "(default: every registered one whose F is a denoiser)")
+    p.add_argument("--samples", type=int, default=4096, help="Monte-Carlo samples per pair")
+    p.add_argument("--json", action="store_true", help="print a JSON list of "
+                                                       "{preconditioner, t, s, f, g, gap_t, gap_s}")
+    p.set_defaults(func=cmd_gap)
+
+    args = parser.parse_args(argv)
+    from precondlab.config import ConfigError
+    from precondlab.registry import UnknownEntryError
+    from precondlab.tracking import TrackingError
+    try:
+        return args.func(args)
+    except (ConfigError, UnknownEntryError, TrackingError, ValueError, FileNotFoundError) as exc:
+        print(f"precondlab: error: {exc}", file=sys.stderr)
+        return 2
+    except FloatingPointError as exc:
+        print(f"precondlab: run failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("precondlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""One run: config -> registry -> teacher/ODE/preconditioner/student -> training -> metrics -> MLflow.
+
+``Experiment`` is the gin-configured description of a run; ``run(config)`` executes it and
+is what `precondlab run` and every sweep trial call.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import gin
+import torch
+
+from precondlab import plots, tracking
+from precondlab.config import ConfigError, ParsedConfig
+from precondlab.gap import GapEstimator
+from precondlab.metrics import Evaluator
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite: the run stops, is marked FAILED, the last good checkpoint is kept."""
+
+
+@gin.configurable("experiment")
+@dataclass
+class Experiment:
+    teacher: object = gin.REQUIRED                 # @teacher.gmm() ...
+    preconditioner: object = gin.REQUIRED          # @preconditioner.analytic() ...
+    student: Callable = gin.REQUIRED               # @student.mlp (called with dim=teacher.dim)
+    objective: object = gin.REQUIRED               # @objective.ctm() ...
+    steps: int = 3000                              # optimiser steps
+    batch_size: int = 256
+    lr: float = 1e-3
+    ema_decay: float = 0.999                       # EMA target network (also the evaluated network)
+    grad_clip: float = 1.0                         # max gradient norm (0: off)
+    seed: int = 0
+    eval_every: int = 250
+    checkpoint_every: int = 1000
+    gap_pairs: tuple = ((10.0, 1.0), (1.0, 0.1), (80.0, 0.002))   # logged once for analytic teachers
+    device: str = "cpu"
+    name: str = ""                                 # MLflow run name (default: preconditioner + seed)
+    evaluator: Evaluator = field(default_factory=Evaluator)
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str
+    final: dict
+    history: list                   # [(step, metrics)]
+    seconds: float
+    stats_seconds: float
+    checkpoint: str | None
+
+
+def flatten_operative(text: str) -> dict:
+    """gin's operative config as flat params ('experiment.steps' -> '3000')."""
+    params, scope = {}, ""
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or " = " not in line:
+            continue
+        key, value = line.split(" = ", 1)
+        params[key.strip()] = value.strip()
+    return params
+
+
+def _checkpoint(path: Path, step: int, student, target, optimizer) -> Path:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"step": step, "student": student.state_dict(), "target": target.state_dict(),
+                "optimizer": optimizer.state_dict()}, tmp)
+    tmp.replace(path)  # atomic: a crash mid-write never clobbers the last good checkpoint
+    return path
+
+
+def run(config: ParsedConfig, tracking_uri: str | None = None, experiment_name: str = tracking.DEFAULT_EXPERIMENT,
+        progress: bool = True, report: Callable[[int, dict], None] | None = None,
+        parent_run_id: str | None = None, tags: dict | None = None, out_dir: str | Path | None = None) -> RunResult:
+    """Run the experiment gin describes; every exception marks the MLflow run FAILED and is re-raised."""
+    try:
+        exp = Experiment()
+    except Exception as exc:  # noqa: BLE001 - gin wraps missing bindings and constructor errors
+        raise ConfigError(f"{', '.join(config.files) or 'config'}: {str(exc).strip()}") from None
+    client, uri, exp_id = tracking.connect(tracking_uri, experiment_name)
+    name = exp.name or f"{type(exp.preconditioner).__name__}-seed{exp.seed}"
+    log = tracking.RunLogger(client, exp_id, run_name=name, tags=tags, parent_run_id=parent_run_id)
+    out = Path(out_dir or log.tmp)
+    ckpt_path, last_good = out / "checkpoint.pt", None
+    try:
+        result = _train(exp, config, log, out, progress, report)
+        log.end("FINISHED")
+        return result
+    except BaseException as exc:
+        last_good = ckpt_path if ckpt_path.exists() else None
+        if last_good is not None:
+            log.artifact(last_good, "checkpoints")
+        log.tag("error", f"{type(exc).__name__}: {exc}"[:5000])
+        log.end("FAILED" if not isinstance(exc, KeyboardInterrupt) else "KILLED")
+        if isinstance(exc, NonFiniteLossError):
+            raise NonFiniteLossError(f"{exc} (MLflow run {log.run_id} marked FAILED; last good checkpoint: "
+                                     f"{last_good or 'none yet'})") from None
+        raise
+
+
+def _train(exp: Experiment, config: ParsedConfig, log, out: Path, progress: bool, report) -> RunResult:
+    start = time.perf_counter()
+    teacher, precond, objective = exp.teacher, exp.preconditioner, exp.objective
+    device = torch.device(exp.device)
+    torch.manual_seed(exp.seed)
+
+    operative_before = gin.config_str()
+    log.text(config.text, "config.gin")
+    log.params({"teacher": type(teacher).__name__, "preconditioner": type(precond).__name__,
+                **{f"precond.{k}": v for k, v in precond.describe().items()},
+                **flatten_operative(operative_before)})
+
+    # Statistics (Analytic-Precond) and the preconditioning's exact gaps, both logged once.
+    t0 = time.perf_counter()
+    precond.fit(teacher)
+    stats_seconds = time.perf_counter() - t0
+    coeffs = getattr(precond, "coeffs", None)
+    log.metrics({"stats/seconds": stats_seconds,
+                 **({"stats/denoiser_evals": coeffs.info["denoiser_evals"]}
+                    if coeffs is not None and "denoiser_evals" in coeffs.info else {})}, step=0)
+    grid = objective.grid(teacher.schedule, "cpu", torch.float64)
+    precond.tabulate(grid)
+    log.figure(plots.coefficients(precond, grid), "coefficients.png")
+    if coeffs is not None:
+        log.figure(plots.ode_coefficients(coeffs), "l_s_curves.png")
+    if teacher.analytic and precond.denoiser_form and exp.gap_pairs:
+        gaps = GapEstimator(teacher, num_samples=2048)
+        for t, s in exp.gap_pairs:
+            row = gaps.row(type(precond).__name__, precond, float(t), float(s))
+            log.metrics({f"gap_t/{t}_to_{s}": row.gap_t, f"gap_s/{t}_to_{s}": row.gap_s}, step=0)
+
+    student = exp.student(dim=teacher.dim).to(device)
+    target = copy.deepcopy(student).requires_grad_(False)
+    optimizer = torch.optim.Adam(student.parameters(), lr=exp.lr)
+    gen = torch.Generator(device=device).manual_seed(exp.seed)
+    data_gen = torch.Generator().manual_seed(exp.seed + 1)
+    exp.evaluator.setup(teacher, grid)
+    log.params({"student_parameters": sum(p.numel() for p in student.parameters())})
+
+    history, ckpt_path, ckpt = [], out / "checkpoint.pt", None
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=exp.steps, desc=log.run.info.run_name, unit="it", dynamic_ncols=True)
+
+    def evaluate(step):
+        target.eval()
+        metrics = exp.evaluator(precond, target, device=device)
+        history.append((step, metrics))
+        log.metrics(metrics, step)
+        if report is not None:
+            report(step, metrics)
+        return metrics
+
+    evaluate(0)
+    train_start = time.perf_counter()
+    for step in range(1, exp.steps + 1):
+        x0 = teacher.sample_x0(exp.batch_size, data_gen).to(device=device, dtype=torch.float32)
+        loss, logs = objective(student, target, precond, teacher, x0, gen)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"non-finite loss {float(loss)} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if exp.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(student.parameters(), exp.grad_clip)
+        optimizer.step()
+        with torch.no_grad():
+            for p_t, p in zip(target.parameters(), student.parameters()):
+                p_t.lerp_(p, 1 - exp.ema_decay)
+        if step % 50 == 0 or step == exp.steps:
+            log.metrics({"loss": float(loss.detach()), **{k: float(v) for k, v in logs.items()}}, step)
+        if bar is not None:
+            bar.update(1)
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{float(loss):.3g}")
+        if step % exp.eval_every == 0 or step == exp.steps:
+            evaluate(step)
+        if step % exp.checkpoint_every == 0 or step == exp.steps:
+            ckpt = _checkpoint(ckpt_path, step, student, target, optimizer)
+    if bar is not None:
+        bar.close()
+    train_seconds = time.perf_counter() - train_start
+
+    log.artifact(ckpt, "checkpoints")
+    log.text(gin.operative_config_str(), "operative_config.gin")
+    log.figure(plots.samples(exp.evaluator, precond, target, device), "samples.png")
+    final = dict(history[-1][1])
+    seconds = time.perf_counter() - start
+    summary = {"summary/seconds": seconds, "summary/train_seconds": train_seconds,
+               "summary/stats_share": stats_seconds / seconds}
+    log.metrics(summary, exp.steps)
+    final.update(summary)
+    if not all(math.isfinite(v) for v in final.values()):
+        raise NonFiniteLossError(f"non-finite final metrics {final}")
+    return RunResult(log.run_id, "FINISHED", final, history, seconds, stats_seconds, str(ckpt))

@@ -1,0 +1,66 @@
+"""Figures logged with every run: l/s curves, f/g coefficients, sample scatter plots."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+
+def ode_coefficients(coeffs):
+    """l(t) and s(t) of the generalized ODE against t (log scale)."""
+    t = torch.exp(-coeffs.lam)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, values, label in ((axes[0], coeffs.l, "l_t"), (axes[1], coeffs.s, "s_t")):
+        ax.plot(t, values, marker=".", ms=3)
+        ax.set_xscale("log")
+        ax.set_xlabel("t")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def coefficients(precond, grid: torch.Tensor):
+    """f(t, s) and g(t, s) against s, one curve per t on the training grid (CTM's (s/t, 1-s/t) dashed)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    idx = sorted({0, len(grid) // 4, len(grid) // 2, 3 * len(grid) // 4})
+    for i in idx:
+        t = grid[i]
+        s = grid[i:]
+        tt = t.expand_as(s)
+        f, g = precond.f(tt, s), precond.g(tt, s)
+        (line,) = axes[0].plot(s, f, label=f"t={float(t):.3g}")
+        axes[1].plot(s, g, color=line.get_color())
+        axes[0].plot(s, s / t, ls="--", color=line.get_color(), alpha=0.4)
+        axes[1].plot(s, 1 - s / t, ls="--", color=line.get_color(), alpha=0.4)
+    for ax, name in zip(axes, ("f(t, s)", "g(t, s)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("s")
+        ax.set_title(f"{name} ({type(precond).__name__}; dashed: CTM)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def samples(evaluator, precond, net, device="cpu"):
+    """First two coordinates: data, the teacher's exact flow, and the student at each NFE."""
+    panels = [("data", evaluator.data)]
+    if evaluator.exact is not None:
+        panels.append(("teacher (exact flow)", evaluator.exact))
+    with torch.no_grad():
+        for nfe in evaluator.nfes:
+            panels.append((f"student, {nfe} step(s)", evaluator.samples(precond, net, nfe, device)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3), sharex=True, sharey=True)
+    for ax, (title, x) in zip(axes, panels):
+        x = x.reshape(x.shape[0], -1)
+        ax.scatter(x[:, 0], x[:, 1 if x.shape[1] > 1 else 0], s=2, alpha=0.5)
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

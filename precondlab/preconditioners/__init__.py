@@ -1,0 +1,1 @@
+from precondlab.preconditioners.base import Preconditioner, edm_scalings  # noqa: F401

@@ -1,0 +1,72 @@
+"""The preconditioning interface: G(x_t, t, s) = f(t, s) x_t + g(t, s) F(x_t, t, s).
+
+A preconditioner owns the outer pair (f, g) and the inner scalings with which the raw network
+is called. ``jump(net, x, t, s)`` is the student G. ``denoiser_form`` says whether F stands for
+a denoiser (CTM, Analytic): then the consistency gap applies and the DSM regulariser trains
+F(x, t, t) as D(x, t).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from precondlab.schedule import EDMSchedule, Schedule, _bcast
+
+
+def edm_scalings(t: torch.Tensor, sigma_data: float):
+    """EDM's c_skip, c_out, c_in, c_noise (Karras et al. 2022, Table 1)."""
+    sd2 = sigma_data ** 2
+    c_skip = sd2 / (t ** 2 + sd2)
+    c_out = t * sigma_data / (t ** 2 + sd2).sqrt()
+    c_in = 1 / (t ** 2 + sd2).sqrt()
+    c_noise = t.log() / 4
+    return c_skip, c_out, c_in, c_noise
+
+
+class Preconditioner:
+    denoiser_form = True   # F stands for D(x_t, t) (forward) or D(x_s, s) (backward).
+    uses_s = True          # False where s is pinned to sigma_min (CM).
+
+    def __init__(self, schedule: Schedule | None = None):
+        self.schedule = schedule or EDMSchedule()
+
+    @property
+    def sigma_data(self) -> float:
+        return self.schedule.sigma_data
+
+    # -- the outer pair ------------------------------------------------------------------
+    def f(self, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def g(self, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def fg(self, t: torch.Tensor, s: torch.Tensor):
+        return self.f(t, s), self.g(t, s)
+
+    def tabulate(self, grid: torch.Tensor) -> "Preconditioner":
+        """Precompute coefficients on a time grid where that saves work (Analytic does)."""
+        return self
+
+    def fit(self, teacher) -> "Preconditioner":
+        """Estimate whatever the coefficients need from the teacher (only Analytic does)."""
+        return self
+
+    # -- the student ---------------------------------------------------------------------
+    def network_output(self, net, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """F: by default CTM's EDM-scaled denoiser D_theta(x_t, t, s) (math note, section 3)."""
+        c_skip, c_out, c_in, c_noise = edm_scalings(t, self.sigma_data)
+        _, _, _, c_noise_s = edm_scalings(s, self.sigma_data)
+        F_x = net(_bcast(c_in, x) * x, c_noise, c_noise_s)
+        return _bcast(c_skip, x) * x + _bcast(c_out, x) * F_x
+
+    def jump(self, net, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """G(x_t, t, s) = f x_t + g F."""
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        s = torch.as_tensor(s, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        f, g = self.fg(t, s)
+        F = self.network_output(net, x, t, s)
+        return _bcast(f, x) * x + _bcast(g, x) * F
+
+    def describe(self) -> dict:
+        return {"name": type(self).__name__}

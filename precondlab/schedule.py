@@ -1,0 +1,79 @@
+"""Noise schedules. The default (and the paper's) is EDM/VE: x_t = x_0 + t * eps.
+
+A schedule gives alpha(t), sigma(t), the log-SNR lambda(t) = log(alpha/sigma), its inverse,
+and the Karras time grid. Everything downstream asks the schedule rather than assuming
+sigma = t, so a VP schedule can be added as another class.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from precondlab.registry import register
+
+
+class Schedule:
+    sigma_min: float
+    sigma_max: float
+    sigma_data: float
+
+    def alpha(self, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def lam(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.log(self.alpha(t) / self.sigma(t))
+
+    def t_of_lam(self, lam: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def add_noise(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        t = _bcast(t, x0)
+        return self.alpha(t) * x0 + self.sigma(t) * noise
+
+
+def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
+    return t.reshape(t.shape + (1,) * (like.ndim - t.ndim))
+
+
+@register("schedule", "edm")
+class EDMSchedule(Schedule):
+    """EDM / VE schedule: alpha = 1, sigma = t, lambda = -log t (math note, section 1)."""
+
+    def __init__(self,
+                 sigma_min: float = 0.002,   # eps: smallest time, where sampling stops.
+                 sigma_max: float = 80.0,    # largest time, where noise x = sigma_max * z starts.
+                 sigma_data: float = 0.5,    # expected std of the data (EDM scalings).
+                 rho: float = 7.0):          # Karras grid exponent.
+        self.sigma_min, self.sigma_max, self.sigma_data, self.rho = sigma_min, sigma_max, sigma_data, rho
+
+    def alpha(self, t):
+        return torch.ones_like(torch.as_tensor(t))
+
+    def sigma(self, t):
+        return torch.as_tensor(t)
+
+    def lam(self, t):
+        return -torch.log(torch.as_tensor(t))
+
+    def t_of_lam(self, lam):
+        return torch.exp(-torch.as_tensor(lam))
+
+    def karras(self, n: int, dtype=torch.float64) -> torch.Tensor:
+        """t_i = (smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho, decreasing, i = 0..n-1."""
+        if n < 2:
+            raise ValueError(f"a Karras grid needs at least 2 points, got {n}")
+        i = torch.arange(n, dtype=dtype)
+        a, b = self.sigma_max ** (1 / self.rho), self.sigma_min ** (1 / self.rho)
+        return (a + i / (n - 1) * (b - a)) ** self.rho
+
+    def lam_grid(self, n: int, dtype=torch.float64) -> torch.Tensor:
+        """n points uniform in lambda from lambda(sigma_max) to lambda(sigma_min)."""
+        return torch.linspace(-math.log(self.sigma_max), -math.log(self.sigma_min), n, dtype=dtype)
+
+

@@ -1,0 +1,339 @@
+"""Teacher from an official EDM checkpoint (``edm-*.pkl``), read without EDM's code.
+
+EDM snapshots are ``pickle.dump(dict(ema=..., loss_fn=..., augment_pipe=..., dataset_kwargs=...))``
+where every network object goes through ``torch_utils.persistence``: it is pickled as a call
+``_reconstruct_persistent_obj(meta)`` with ``meta = {type: 'class', version: 6, module_src: <the
+whole source of training/networks.py>, class_name, state: the object's __dict__}``. Plain pickle
+loading would *execute module_src*. We never do: a restricted unpickler maps that function to
+a stand-in that keeps ``(class_name, state)`` as a :class:`ModuleRecord`, and allows only what
+the networks' state needs:
+
+* ``torch.storage._load_from_bytes`` - each storage is embedded as legacy ``torch.save`` bytes;
+  we reopen them with ``torch.load(weights_only=True)``;
+* ``torch._utils._rebuild_tensor_v2`` / ``_rebuild_parameter`` (checked, re-implemented calls);
+* ``collections.OrderedDict``, torch dtypes, numpy scalars of numeric dtype (EDM stores
+  ``np.sqrt(0.5)`` as a block attribute), ``torch.nn.ModuleDict`` (as a record: ``enc``/``dec``).
+
+Anything else raises :class:`CheckpointError` naming the file and the refused global.
+"""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import io
+import pickle
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from precondlab.nets.songunet import SongUNet
+from precondlab.preconditioners.base import edm_scalings
+from precondlab.registry import register
+from precondlab.schedule import EDMSchedule, Schedule, _bcast
+from precondlab.teachers.base import Teacher
+
+EDM_URL = "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/"
+DEFAULT_PKL = "edm-cifar10-32x32-uncond-vp.pkl"
+PRECONDS = {"VPPrecond": "vp", "VEPrecond": "ve", "EDMPrecond": "edm"}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, malformed, unsupported or asks to run code."""
+
+
+def missing_file_message(path: Path) -> str:
+    name = path.name if path.name.startswith("edm-") else DEFAULT_PKL
+    return (f"EDM checkpoint not found: {path}. Download it from {EDM_URL}{name} and save it at that "
+            f"path, or point the config at where it lies (teacher.edm_pkl.path = '...').")
+
+
+# -- records standing in for EDM's objects ------------------------------------------------------
+class ModuleRecord:
+    """What an EDM object was, as data: its class name and its ``__dict__`` (never its code)."""
+
+    def __init__(self, class_name: str, state: dict, version: int | None = None, source_chars: int = 0):
+        self.class_name, self.state, self.version, self.source_chars = class_name, state, version, source_chars
+
+    def __repr__(self) -> str:
+        return f"ModuleRecord({self.class_name}, {len(self.state)} fields)"
+
+    @property
+    def modules(self) -> dict:
+        return self.state.get("_modules") or {}
+
+    def named_tensors(self, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+        """Parameters and persistent buffers by dotted name, in ``nn.Module.state_dict`` order."""
+        transient = set(self.state.get("_non_persistent_buffers_set") or ())
+        for name, value in (self.state.get("_parameters") or {}).items():
+            if value is not None:
+                yield prefix + name, value
+        for name, value in (self.state.get("_buffers") or {}).items():
+            if value is not None and name not in transient:
+                yield prefix + name, value
+        for name, child in self.modules.items():
+            if isinstance(child, ModuleRecord):
+                yield from child.named_tensors(f"{prefix}{name}.")
+            elif child is not None:
+                raise CheckpointError(f"submodule {prefix}{name} is a {type(child).__name__}, not a module record")
+
+
+class _ContainerRecord(ModuleRecord):
+    """torch.nn.ModuleDict & co. are pickled by class (NEWOBJ) then filled by BUILD."""
+
+    def __init__(self):  # pickle's NEWOBJ calls __new__ only; BUILD calls __setstate__.
+        super().__init__(type(self).__name__, {})
+
+    def __setstate__(self, state: dict) -> None:
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{type(self).__name__} state is a {type(state).__name__}, not a dict")
+        self.class_name, self.state, self.version, self.source_chars = type(self).__name__, state, None, 0
+
+
+_CONTAINERS = {name: type(name, (_ContainerRecord,), {}) for name in ("ModuleDict", "ModuleList", "Sequential")}
+
+
+class _EasyDict(dict):
+    """dnnlib.EasyDict is a dict with attribute access; the data is all we keep."""
+
+
+# -- the allowed callables: each checks its arguments, none can reach arbitrary code ----------
+def _persistent_record(meta: Any) -> ModuleRecord:
+    if not isinstance(meta, dict) or meta.get("type") != "class" or not isinstance(meta.get("state"), dict):
+        raise CheckpointError("persistent object without the expected meta {type: 'class', state: {...}}")
+    src = meta.get("module_src")
+    return ModuleRecord(str(meta.get("class_name")), meta["state"], meta.get("version"),
+                        len(src) if isinstance(src, str) else 0)  # the source is measured, never run
+
+
+def _storage_from_bytes(data: bytes):
+    if not isinstance(data, (bytes, bytearray)):
+        raise CheckpointError("embedded storage is not bytes")
+    storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if not isinstance(storage, torch.storage.TypedStorage):
+        raise CheckpointError(f"embedded storage bytes hold a {type(storage).__name__}")
+    return storage
+
+
+def _tensor(storage, offset, size, stride, requires_grad, backward_hooks, metadata=None):
+    if not isinstance(storage, torch.storage.TypedStorage):
+        raise CheckpointError(f"tensor storage is a {type(storage).__name__}")
+    if backward_hooks:
+        raise CheckpointError("tensor carries backward hooks")
+    return torch._utils._rebuild_tensor_v2(storage, int(offset), tuple(size), tuple(stride),
+                                           bool(requires_grad), collections.OrderedDict(), metadata)
+
+
+def _parameter(data, requires_grad, backward_hooks, state=None):
+    if not isinstance(data, torch.Tensor) or backward_hooks:
+        raise CheckpointError("parameter without a plain tensor")
+    return torch.nn.Parameter(data, requires_grad=bool(requires_grad))  # extra attributes dropped
+
+
+def _numpy_scalar(dtype, data=None):
+    if not isinstance(dtype, np.dtype) or dtype.kind not in "biufc":
+        raise CheckpointError(f"numpy scalar of dtype {dtype!r} (only numeric ones are read)")
+    return _NP_SCALAR(dtype, data).item()
+
+
+try:
+    _NP_SCALAR = np._core.multiarray.scalar  # numpy >= 2
+except AttributeError:  # pragma: no cover - numpy 1.x
+    _NP_SCALAR = np.core.multiarray.scalar
+
+_ALLOWED: dict[tuple[str, str], Any] = {
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent_record,
+    ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
+    ("torch._utils", "_rebuild_tensor_v2"): _tensor,
+    ("torch._utils", "_rebuild_parameter"): _parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _parameter,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("dnnlib.util", "EasyDict"): _EasyDict,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,   # written by numpy 1.x (EDM's release)
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,  # written by numpy 2.x
+    ("numpy", "dtype"): np.dtype,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    **{("torch.nn.modules.container", name): cls for name, cls in _CONTAINERS.items()},
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, path: Path):
+        super().__init__(file)
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise CheckpointError(f"{self.path}: refused to load global {module}.{name}: an EDM checkpoint "
+                              f"holds only networks and tensors, and this loader runs no code from a pickle.")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise CheckpointError(f"{self.path}: unexpected persistent id {pid!r} (not a plain EDM pickle)")
+
+
+def read_edm_pickle(path: str | Path) -> Any:
+    """Unpickle an EDM snapshot into dicts, tensors and ModuleRecords; runs none of its code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(missing_file_message(path))
+    with open(path, "rb") as f, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+        try:
+            return _RestrictedUnpickler(f, path).load()
+        except CheckpointError as exc:
+            msg = str(exc)
+            raise CheckpointError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+        except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
+            raise CheckpointError(f"{path}: not a readable EDM pickle ({type(exc).__name__}: {exc})") from exc
+
+
+# -- from records to our network ----------------------------------------------------------------
+@dataclass
+class EDMCheckpoint:
+    """The parts of an EDM snapshot a teacher needs, as plain data."""
+
+    path: Path
+    precond: str                          # 'vp', 've' or 'edm'
+    precond_class: str                    # EDM's class name, e.g. 'VPPrecond'
+    precond_params: dict                  # beta_d, beta_min, M, sigma_data, sigma_min, ... as stored
+    model_kwargs: dict                    # SongUNet constructor arguments as recorded
+    state_dict: dict[str, torch.Tensor]   # the inner model's tensors, SongUNet names
+    keys: list[str]                       # top-level keys of the snapshot
+
+
+def _init_kwargs(record: ModuleRecord, path: Path) -> dict:
+    """Constructor arguments recorded by persistence (``_init_args``/``_init_kwargs`` in the state)."""
+    args, kwargs = record.state.get("_init_args"), record.state.get("_init_kwargs")
+    if kwargs is None:
+        raise CheckpointError(f"{path}: {record.class_name} has no recorded init kwargs")
+    names = list(inspect.signature(SongUNet).parameters)  # EDM's order for its own arguments
+    merged = dict(zip(names, args or ()))
+    merged.update(kwargs)
+    return merged
+
+
+def load_edm_checkpoint(path: str | Path, key: str = "ema") -> EDMCheckpoint:
+    path = Path(path)
+    data = read_edm_pickle(path)
+    if not isinstance(data, dict) or key not in data:
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(f"{path}: expected a dict with key {key!r} (EDM snapshots hold 'ema'), found {found}")
+    net = data[key]
+    if not isinstance(net, ModuleRecord) or net.class_name not in PRECONDS:
+        kind = net.class_name if isinstance(net, ModuleRecord) else type(net).__name__
+        raise CheckpointError(f"{path}: {key!r} is {kind}; supported: {', '.join(PRECONDS)}")
+    model = net.modules.get("model")
+    if not isinstance(model, ModuleRecord) or model.class_name != "SongUNet":
+        kind = model.class_name if isinstance(model, ModuleRecord) else type(model).__name__
+        raise CheckpointError(f"{path}: the network is {kind}; only SongUNet (DDPM++/NCSN++) is supported")
+    fields = ("sigma_data", "beta_d", "beta_min", "M", "epsilon_t", "sigma_min", "sigma_max", "label_dim", "use_fp16")
+    params = {k: net.state[k] for k in fields if k in net.state}
+    state_dict = {name: t.detach().clone() for name, t in model.named_tensors()}
+    return EDMCheckpoint(path, PRECONDS[net.class_name], net.class_name, params,
+                         _init_kwargs(model, path), state_dict, sorted(data))
+
+
+def build_songunet(kwargs: dict, state_dict: dict[str, torch.Tensor], source: str) -> SongUNet:
+    """A SongUNet from recorded kwargs, loaded strictly; mismatches name the tensors."""
+    unknown = sorted(set(kwargs) - set(inspect.signature(SongUNet).parameters))
+    if unknown:
+        raise CheckpointError(f"{source}: SongUNet arguments we do not implement: {unknown}")
+    net = SongUNet(**kwargs)
+    ours = net.state_dict()
+    missing = sorted(set(ours) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(ours))
+    wrong = sorted(f"{k} {tuple(state_dict[k].shape)} vs ours {tuple(ours[k].shape)}"
+                   for k in set(ours) & set(state_dict) if state_dict[k].shape != ours[k].shape)
+    if missing or unexpected or wrong:
+        raise CheckpointError(f"{source}: weights do not fit SongUNet({kwargs}): missing {missing[:10]}"
+                              f"{' ...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}"
+                              f"{' ...' if len(unexpected) > 10 else ''}, shape mismatches {wrong[:10]}")
+    net.load_state_dict(state_dict, strict=True)
+    return net
+
+
+# -- the teacher --------------------------------------------------------------------------------
+class EDMNetTeacher(Teacher):
+    """D(x, t) of an EDM SongUNet under EDM's VP, VE or EDM preconditioning, with t = sigma.
+
+    All three of EDM's wrappers take the unscaled x = x_0 + sigma * n, so the teacher lives on
+    our EDM schedule whatever its training SDE. VP feeds the network c_noise = (M - 1) *
+    sigma_inv(sigma) (a DDPM timestep in [0, 999]), not EDM's log(sigma) / 4: a student
+    initialised from a VP teacher sees different noise labels than the teacher did.
+    """
+
+    def __init__(self,
+                 net: SongUNet,                      # the raw network F
+                 precond: str = "edm",               # 'edm', 'vp' or 've'
+                 sigma_data: float = 0.5,            # EDM preconditioning
+                 beta_d: float = 19.9,               # VP: extent of the beta schedule
+                 beta_min: float = 0.1,              # VP: initial beta
+                 M: int = 1000,                      # VP: DDPM timesteps
+                 schedule: Schedule | None = None,   # time grid for students (default EDM's)
+                 dataset: Any = None,                # anything with sample_x0(n, generator)
+                 device: str | torch.device = "cpu"):  # where the network runs
+        super().__init__(schedule or EDMSchedule())
+        if precond not in ("edm", "vp", "ve"):
+            raise ValueError(f"precond must be 'edm', 'vp' or 've', got {precond!r}")
+        self.net = net.to(device).eval().requires_grad_(False)
+        self.precond, self.sigma_data, self.beta_d, self.beta_min, self.M = precond, sigma_data, beta_d, beta_min, M
+        self.dataset, self.device = dataset, torch.device(device)
+        self.shape = (net.in_channels, net.img_resolution, net.img_resolution)
+        self.dim = net.in_channels * net.img_resolution ** 2
+        self.source = "in-memory network"
+
+    def sigma_inv(self, sigma: torch.Tensor) -> torch.Tensor:
+        """VP: the t in [0, 1] whose sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1) is sigma."""
+        return ((self.beta_min ** 2 + 2 * self.beta_d * torch.log1p(sigma ** 2)).sqrt() - self.beta_min) / self.beta_d
+
+    def scalings(self, sigma: torch.Tensor):
+        """c_skip, c_out, c_in, c_noise of EDM's Table 1 for this preconditioning."""
+        one = torch.ones_like(sigma)
+        if self.precond == "vp":
+            return one, -sigma, 1 / (sigma ** 2 + 1).sqrt(), (self.M - 1) * self.sigma_inv(sigma)
+        if self.precond == "ve":
+            return one, sigma, one, torch.log(0.5 * sigma)
+        return edm_scalings(sigma, self.sigma_data)
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        img = x.reshape(n, *self.shape)
+        sigma = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1).expand(n)
+        c_skip, c_out, c_in, c_noise = self.scalings(sigma)
+        dtype = self.net.map_layer0.weight.dtype  # scalings in the caller's dtype, the net in its own
+        F_x = self.net((_bcast(c_in, img) * img).to(self.device, dtype), c_noise.to(self.device, dtype))
+        D = _bcast(c_skip, img) * img + _bcast(c_out, img) * F_x.to(x.device, x.dtype)
+        return D.reshape(x.shape)
+
+    def sample_x0(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.dataset is None or not hasattr(self.dataset, "sample_x0"):
+            raise NotImplementedError(
+                f"{type(self).__name__} ({self.source}) holds a network, not its data: bind a dataset "
+                f"with sample_x0(n, generator), e.g. teacher.edm_pkl.dataset = @dataset.<name>()")
+        return self.dataset.sample_x0(n, generator).to("cpu", torch.float64).reshape(n, *self.shape)
+
+    def describe(self) -> dict:
+        return {"teacher": type(self).__name__, "dim": self.dim, "precond": self.precond, "source": self.source}
+
+
+@register("teacher", "edm_pkl")
+def edm_pkl(path: str = f"checkpoints/{DEFAULT_PKL}",  # an official EDM snapshot (.pkl)
+            key: str = "ema",                            # which network of the snapshot
+            schedule: Schedule | None = None,            # time grid for students
+            dataset: Any = None,                         # data sampler (sample_x0)
+            device: str = "cpu") -> EDMNetTeacher:       # where the network runs
+    """An official EDM checkpoint (VP/VE/EDM, SongUNet) read safely; t = sigma."""
+    ckpt = load_edm_checkpoint(path, key)
+    net = build_songunet(ckpt.model_kwargs, ckpt.state_dict, str(ckpt.path))
+    keep = {k: ckpt.precond_params[k] for k in ("sigma_data", "beta_d", "beta_min", "M") if k in ckpt.precond_params}
+    teacher = EDMNetTeacher(net, ckpt.precond, schedule=schedule, dataset=dataset, device=device, **keep)
+    teacher.source = str(ckpt.path)
+    return teacher

@@ -1,0 +1,79 @@
+"""Teacher from a bare SongUNet state dict (.pt read weights-only, or .safetensors).
+
+The architecture comes from gin, the weights from the file; names are SongUNet's (EDM's), with
+a leading 'model.' or 'module.' (an EDM Precond's or DDP's state dict) stripped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from precondlab.registry import register
+from precondlab.schedule import Schedule
+from precondlab.teachers.edm_pkl import CheckpointError, EDMNetTeacher, build_songunet
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """name -> tensor from a .safetensors file or a .pt/.pth state dict (no code runs either way)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"state-dict checkpoint not found: {path}. Write one with "
+                              f"torch.save(net.state_dict(), path) or safetensors.torch.save_file, "
+                              f"or set teacher.state_dict.path.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            tensors = load_file(str(path), device="cpu")
+        else:
+            tensors = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - weights-only refusals and corrupt files alike
+        raise CheckpointError(f"{path}: not a weights-only state dict ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+        raise CheckpointError(f"{path}: expected a flat dict of tensors, got {type(tensors).__name__}")
+    for prefix in ("module.", "model."):
+        if tensors and all(k.startswith(prefix) for k in tensors):
+            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+    return tensors
+
+
+@register("teacher", "state_dict")
+def state_dict_teacher(path: str | None = None,                     # .pt / .pth / .safetensors
+                       precond: str = "edm",                        # 'edm', 'vp' or 've'
+                       img_resolution: int = 32,                    # image side
+                       in_channels: int = 3,                        # image channels
+                       model_channels: int = 128,                   # base channel count
+                       channel_mult: Sequence[int] = (2, 2, 2),     # EDM's CIFAR-10 DDPM++
+                       num_blocks: int = 4,                         # residual blocks per resolution
+                       attn_resolutions: Sequence[int] = (16,),     # resolutions with self-attention
+                       channel_mult_noise: int = 1,                 # noise embedding width / model_channels
+                       channel_mult_emb: int = 4,                   # embedding width / model_channels
+                       resample_filter: Sequence[int] = (1, 1),     # FIR taps of up/down sampling
+                       embedding_type: str = "positional",          # 'positional' or 'fourier'
+                       encoder_type: str = "standard",              # 'standard', 'skip' or 'residual'
+                       decoder_type: str = "standard",              # 'standard' or 'skip'
+                       augment_dim: int = 0,                        # 9 for EDM's CIFAR-10 weights
+                       label_dim: int = 0,                          # class labels (zeros are fed)
+                       sigma_data: float = 0.5,                     # EDM preconditioning
+                       beta_d: float = 19.9,                        # VP preconditioning
+                       beta_min: float = 0.1,                       # VP preconditioning
+                       M: int = 1000,                               # VP preconditioning
+                       schedule: Schedule | None = None,            # time grid for students
+                       dataset: Any = None,                         # data sampler (sample_x0)
+                       device: str = "cpu") -> EDMNetTeacher:       # where the network runs
+    """A SongUNet teacher whose weights are a state dict file; the architecture is set in gin."""
+    if path is None:
+        raise CheckpointError("teacher.state_dict needs `path` (a .pt or .safetensors SongUNet state dict)")
+    kwargs = dict(img_resolution=img_resolution, in_channels=in_channels, out_channels=in_channels,
+                  label_dim=label_dim, augment_dim=augment_dim, model_channels=model_channels,
+                  channel_mult=list(channel_mult), channel_mult_emb=channel_mult_emb, num_blocks=num_blocks,
+                  attn_resolutions=list(attn_resolutions), embedding_type=embedding_type,
+                  channel_mult_noise=channel_mult_noise, encoder_type=encoder_type,
+                  decoder_type=decoder_type, resample_filter=list(resample_filter))
+    net = build_songunet(kwargs, load_tensors(path), str(path))
+    teacher = EDMNetTeacher(net, precond, sigma_data=sigma_data, beta_d=beta_d, beta_min=beta_min, M=M,
+                            schedule=schedule, dataset=dataset, device=device)
+    teacher.source = str(path)
+    return teacher

@@ -1,0 +1,38 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+REPO = Path(__file__).resolve().parents[1]
+GIN = REPO / "gin"
+
+
+@pytest.fixture(autouse=True)
+def _isolate(tmp_path, monkeypatch):
+    """Each test runs in its own folder with its own MLflow store, and from a clean gin state."""
+    import gin
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    gin.clear_config()
+    torch.set_num_threads(2)
+    yield
+    gin.clear_config()
+
+
+@pytest.fixture
+def tracking_uri(tmp_path):
+    return f"sqlite:///{tmp_path / 'mlruns.db'}"
+
+
+@pytest.fixture(scope="session")
+def gmm8():
+    from precondlab.teachers.gmm import GMMTeacher
+    return GMMTeacher(dim=8, num_components=6, mean_spread=0.5, component_std=0.05, seed=0)
+
+
+@pytest.fixture(scope="session")
+def gmm8_coeffs(gmm8):
+    from precondlab.odes.analytic import AnalyticODE
+    return AnalyticODE(num_points=120, num_samples=4096).fit(gmm8)
