@@ -77,7 +77,7 @@ def cmd_gap(args) -> int:
             print(f"# skipped {name}: its F is a raw network output, not a denoiser, so the gap does not apply",
                   file=sys.stderr)
             continue
-        forms = [form] if form else (["forward", "backward"] if "form" in cls.__init__.__code__.co_varnames else [""])
+        forms = [form] if form else list(getattr(cls, "forms", [""]))
         for fm in forms:
             precond = cls(form=fm) if fm else cls()
             key = (name, type(getattr(precond, "ode", None)).__name__)
@@ -95,6 +95,11 @@ def cmd_gap(args) -> int:
     for r in rows:
         print(f"{r.preconditioner:<20} {r.t:>8.4g} {r.s:>8.4g} {r.f:>10.4g} {r.g:>10.4g} {r.gap_t:>16.4g} {r.gap_s:>16.4g}")
     return 0
+
+
+def cmd_sweep(args) -> int:
+    from precondlab import sweep
+    return sweep.main_args(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,6 +129,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print a JSON list of "
                                                        "{preconditioner, t, s, f, g, gap_t, gap_s}")
     p.set_defaults(func=cmd_gap)
+
+    p = sub.add_parser("sweep", help="run a Ray Tune sweep (a TOML definition, see sweeps/README.md), "
+                                     "one MLflow child run per trial")
+    p.add_argument("sweep", help="the sweep definition, e.g. sweeps/toy_precond.toml")
+    p.add_argument("--address", help="an existing Ray cluster (default: a local Ray started for the sweep)")
+    p.add_argument("--num-samples", type=int, help="override the definition's num_samples")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep (same --output)")
+    p.add_argument("--gin_bindings", "--gin_binding", action="append", default=[],
+                   help="a gin binding added to every trial, e.g. 'STEPS = 100' (repeatable)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
+    p.add_argument("--experiment", help="MLflow experiment name (default: the definition's, else precondlab)")
+    p.add_argument("--output", help="folder for Tune's state, summary.txt and best.gin "
+                                    "(default: sweep_runs/<sweep name>)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: min(2, cpu count))")
+    p.set_defaults(func=cmd_sweep)
 
     args = parser.parse_args(argv)
     from precondlab.config import ConfigError

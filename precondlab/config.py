@@ -109,6 +109,8 @@ def _find(name: str, search: list[Path]) -> Path | None:
 
 def _rewrite_gin_error(exc: Exception, origin: str) -> ConfigError:
     msg = str(exc).strip() or repr(exc)
+    if exc.args and isinstance(exc.args[0], str) and exc.args[0].startswith("EOF in multi-line"):
+        msg = "the file ends inside a bracket or string: an opening (, [, { or quote is never closed"
     m = re.search(r"No configurable matching '([^']+)'", msg)
     if m:
         close = difflib.get_close_matches(m.group(1), sorted(_known_configurables()), n=3)
@@ -148,7 +150,7 @@ def parse_text(text: str, origin: str = "config", files=None, bindings=None, sea
 
 def _locate(text: str, exc: Exception, origin: str) -> str:
     """Map gin's 'line N' in the inlined text back to the original file and line."""
-    m = re.search(r"line (\d+)", str(exc))
+    m = re.search(r"line (\d+)", str(exc)) or re.search(r"\((\d+), \d+\)", str(exc))
     if not m:
         return origin
     target = int(m.group(1))
@@ -168,4 +170,6 @@ def _locate(text: str, exc: Exception, origin: str) -> str:
             current[1] += 1
         if lineno == target:
             return f"{current[0]}, line {current[1]}"
+    if target > len(text.splitlines()):  # gin's tokenizer reports an unclosed bracket at the end
+        return f"{current[0]}, line {current[1]} (end of input)"
     return origin

@@ -59,14 +59,17 @@ class RunResult:
 
 
 def flatten_operative(text: str) -> dict:
-    """gin's operative config as flat params ('experiment.steps' -> '3000')."""
-    params, scope = {}, ""
+    """gin's config as flat params ('experiment.steps' -> '3000'), macros (%NAME) substituted."""
+    params, macros = {}, {}
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#") or " = " not in line:
             continue
-        key, value = line.split(" = ", 1)
-        params[key.strip()] = value.strip()
+        key, value = (v.strip() for v in line.split(" = ", 1))
+        (params if "." in key else macros)[key] = value
+    for key, value in params.items():
+        if value.startswith("%") and value[1:] in macros:
+            params[key] = macros[value[1:]]
     return params
 
 

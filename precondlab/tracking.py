@@ -41,9 +41,9 @@ def connect(uri: str | None, experiment: str = DEFAULT_EXPERIMENT):
     from mlflow.tracking import MlflowClient
 
     uri = resolve_uri(uri)
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient(tracking_uri=uri)
     try:
+        mlflow.set_tracking_uri(uri)
+        client = MlflowClient(tracking_uri=uri)
         found = client.get_experiment_by_name(experiment)
         if found is None:
             exp_id = client.create_experiment(experiment, artifact_location=default_artifact_root(uri))

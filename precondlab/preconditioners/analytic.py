@@ -14,6 +14,8 @@ from precondlab.registry import register
 class AnalyticPrecond(Preconditioner):
     """Analytic-Precond: (f, g) from the forward or backward first-order form of the {l, s} ODE."""
 
+    forms = FORMS
+
     def __init__(self,
                  ode: ODEGeneralization | None = None,   # where l, s come from (default: analytic)
                  form: str = "backward",                 # 'forward' (F ~ D(x_t,t)) or 'backward' (F ~ D(x_s,s))

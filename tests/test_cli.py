@@ -1,0 +1,92 @@
+"""Every gin file runs through the CLI; bad input gets one clear message and no RUNNING run."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import GIN
+from tiny import TINY, TINY_ANALYTIC
+
+TOP_LEVEL = sorted(p for p in GIN.glob("*.gin"))
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "precondlab.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def bindings(extra=()):
+    out = []
+    for b in TINY + TINY_ANALYTIC + list(extra):
+        out += ["--gin_bindings", b]
+    return out
+
+
+def runs_in(db: Path):
+    client = MlflowClient(f"sqlite:///{db}")
+    exps = client.search_experiments()
+    return [r for e in exps for r in client.search_runs([e.experiment_id])]
+
+
+def test_every_base_file_is_included_by_a_top_level_file():
+    text = "".join(p.read_text() for p in TOP_LEVEL)
+    for base in (GIN / "base").glob("*.gin"):
+        assert f"base/{base.name}" in text, base
+
+
+@pytest.mark.parametrize("gin_file", TOP_LEVEL, ids=lambda p: p.name)
+def test_every_gin_file_runs(gin_file, tmp_path):
+    out = cli("run", str(gin_file), *bindings(), "--no-progress", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "summary" in out.stdout and "traj_mse/nfe2" in out.stdout
+    runs = runs_in(tmp_path / "mlruns.db")           # the default store: ./mlruns.db
+    assert [r.info.status for r in runs] == ["FINISHED"]
+    assert (tmp_path / "mlartifacts").is_dir()
+
+
+def test_unknown_name_in_a_gin_file(tmp_path):
+    bad = tmp_path / "bad.gin"
+    bad.write_text(f"include '{GIN / 'toy_analytic.gin'}'\n\nexperiment.preconditioner = @preconditioner.analytc()\n")
+    out = cli("run", str(bad), cwd=tmp_path)
+    assert out.returncode == 2
+    assert f"{bad}, line 3" in out.stderr and "@preconditioner.analytic" in out.stderr
+    assert not (tmp_path / "mlruns.db").exists()
+
+
+def test_malformed_gin_file_names_file_and_line(tmp_path):
+    bad = tmp_path / "broken.gin"
+    bad.write_text(f"include '{GIN / 'toy_ctm.gin'}'\nexperiment.steps = 10\nexperiment.lr = (1e-3\n")
+    out = cli("run", str(bad), cwd=tmp_path)
+    assert out.returncode == 2 and "broken.gin, line" in out.stderr, out.stderr
+    typo = tmp_path / "typo.gin"
+    typo.write_text(f"include '{GIN / 'toy_ctm.gin'}'\nexperimnt.steps = 10\n")
+    out = cli("run", str(typo), cwd=tmp_path)
+    assert out.returncode == 2 and "typo.gin, line 2" in out.stderr and "experiment" in out.stderr, out.stderr
+
+
+def test_missing_required_binding(tmp_path):
+    partial = tmp_path / "partial.gin"
+    partial.write_text(f"include '{GIN / 'base' / 'toy_teacher.gin'}'\ninclude '{GIN / 'base' / 'toy_training.gin'}'\n")
+    out = cli("run", str(partial), cwd=tmp_path)
+    assert out.returncode == 2 and "preconditioner" in out.stderr, out.stderr
+    assert not (tmp_path / "mlruns.db").exists()
+
+
+def test_unreachable_tracking_uri(tmp_path):
+    out = cli("run", str(GIN / "toy_ctm.gin"), *bindings(), "--tracking-uri", "http://127.0.0.1:9", cwd=tmp_path)
+    assert out.returncode == 2 and "http://127.0.0.1:9" in out.stderr and "Traceback" not in out.stderr
+    (tmp_path / "a_file").write_text("not a folder")
+    out = cli("run", str(GIN / "toy_ctm.gin"), *bindings(), "--tracking-uri", f"sqlite:///{tmp_path}/a_file/x.db",
+              cwd=tmp_path)
+    assert out.returncode == 2 and "a_file/x.db" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_tracking_uri_from_the_environment(tmp_path):
+    db = tmp_path / "elsewhere.db"
+    env_run = subprocess.run([sys.executable, "-m", "precondlab.cli", "run", str(GIN / "toy_ctm.gin"), *bindings(),
+                              "--no-progress"], capture_output=True, text=True, cwd=tmp_path,
+                             env={**__import__("os").environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}"})
+    assert env_run.returncode == 0, env_run.stderr[-2000:]
+    assert [r.info.status for r in runs_in(db)] == ["FINISHED"]
