@@ -1,6 +1,6 @@
 """Importing this module registers every built-in entry (each module's @register runs)."""
 
-from precondlab import data, metrics, sampling, schedule  # noqa: F401
+from precondlab import data, evaluation, image_evaluator, metrics, sampling, schedule  # noqa: F401
 from precondlab.nets import songunet  # noqa: F401
 from precondlab.odes import analytic, simple  # noqa: F401
 from precondlab.preconditioners import analytic as _analytic, bcm, cm, ctm  # noqa: F401

@@ -102,6 +102,11 @@ def cmd_sweep(args) -> int:
     return sweep.main_args(args)
 
 
+def cmd_train_teacher(args) -> int:
+    from precondlab import teacher_training
+    return teacher_training.main_args(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*")  # raised by a dependency's import
@@ -144,6 +149,18 @@ def main(argv: list[str] | None = None) -> int:
                                     "(default: sweep_runs/<sweep name>)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: min(2, cpu count))")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("train-teacher", help="train a SongUNet teacher with EDM's loss on a dataset "
+                                             "(gin: teacher_training.*, teacher_net.*)")
+    _gin_args(p)
+    p.add_argument("--output", help="checkpoint .pt or .safetensors (default: teacher_training.output); "
+                                    "the sidecar <output>.json is written beside it")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
+    p.add_argument("--experiment", default="precondlab", help="MLflow experiment name")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
+    p.add_argument("--json", action="store_true", help="also print the summary and losses as JSON")
+    p.set_defaults(func=cmd_train_teacher)
 
     args = parser.parse_args(argv)
     from precondlab.config import ConfigError

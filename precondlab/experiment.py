@@ -43,6 +43,8 @@ class Experiment:
     checkpoint_every: int = 1000
     gap_pairs: tuple = ((10.0, 1.0), (1.0, 0.1), (80.0, 0.002))   # logged once for analytic teachers
     device: str = "cpu"
+    amp: str = "auto"                              # 'bf16' autocast, 'off', or 'auto' (bf16 on CUDA)
+    init_from_teacher: bool = True                 # copy matching teacher tensors into the student (CTM)
     name: str = ""                                 # MLflow run name (default: preconditioner + seed)
     evaluator: Evaluator = field(default_factory=Evaluator)
 
@@ -141,7 +143,15 @@ def _train(exp: Experiment, config: ParsedConfig, log, out: Path, progress: bool
             row = gaps.row(type(precond).__name__, precond, float(t), float(s))
             log.metrics({f"gap_t/{t}_to_{s}": row.gap_t, f"gap_s/{t}_to_{s}": row.gap_s}, step=0)
 
-    student = exp.student(dim=teacher.dim).to(device)
+    student = exp.student(dim=teacher.dim)
+    if exp.init_from_teacher and hasattr(teacher, "net"):
+        from precondlab.nets.songunet import init_from_teacher
+        copied, _ = init_from_teacher(student, teacher.net)
+        log.params({"student_init_copied_tensors": len(copied)})
+    student = student.to(device)
+    if device.type == "cuda" and len(teacher.shape) == 3:
+        student = student.to(memory_format=torch.channels_last)
+    use_bf16 = exp.amp == "bf16" or (exp.amp == "auto" and device.type == "cuda")
     target = copy.deepcopy(student).requires_grad_(False)
     optimizer = torch.optim.Adam(student.parameters(), lr=exp.lr)
     gen = torch.Generator(device=device).manual_seed(exp.seed)
@@ -166,11 +176,18 @@ def _train(exp: Experiment, config: ParsedConfig, log, out: Path, progress: bool
 
     evaluate(0)
     train_start = time.perf_counter()
+    bad = None
     for step in range(1, exp.steps + 1):
         x0 = teacher.sample_x0(exp.batch_size, data_gen).to(device=device, dtype=torch.float32)
-        loss, logs = objective(student, target, precond, teacher, x0, gen)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"non-finite loss {float(loss)} at step {step}")
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss, logs = objective(student, target, precond, teacher, x0, gen)
+        # On CUDA the finiteness check (a host sync) runs at log and checkpoint steps only; a
+        # non-finite loss in between is remembered, so no checkpoint is ever written after one.
+        bad = ~torch.isfinite(loss.detach()) if bad is None else bad | ~torch.isfinite(loss.detach())
+        if device.type != "cuda" or step % 50 == 0 or step % exp.checkpoint_every == 0 or step == exp.steps:
+            if bool(bad):
+                raise NonFiniteLossError(f"non-finite loss at step {step}" if device.type != "cuda"
+                                         else f"non-finite loss at or before step {step}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if exp.grad_clip > 0:
@@ -195,7 +212,7 @@ def _train(exp: Experiment, config: ParsedConfig, log, out: Path, progress: bool
 
     log.artifact(ckpt, "checkpoints")
     log.text(gin.operative_config_str(), "operative_config.gin")
-    log.figure(plots.samples(exp.evaluator, precond, target, device), "samples.png")
+    exp.evaluator.log_artifacts(log, precond, target, device)
     final = dict(history[-1][1])
     seconds = time.perf_counter() - start
     summary = {"summary/seconds": seconds, "summary/train_seconds": train_seconds,

@@ -72,6 +72,11 @@ class Evaluator:
         gen = torch.Generator(device=device).manual_seed(self.seed + nfe)
         return self.sampler(jump, x, ts.tolist(), generator=gen).double().cpu()
 
+    def log_artifacts(self, log, precond, net, device="cpu") -> None:
+        """The sample scatter plot (data, exact flow, student at each NFE)."""
+        from precondlab import plots
+        log.figure(plots.samples(self, precond, net, device), "samples.png")
+
     @torch.no_grad()
     def __call__(self, precond, net, device="cpu", dtype=torch.float32) -> dict[str, float]:
         out = {}

@@ -48,7 +48,9 @@ files (includes inlined), the sweep's fixed ``bindings``, the command line's
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 import re
@@ -104,8 +106,9 @@ class Param:
         return {self.key: sampled}
 
     def display(self, sampled) -> str:
-        if self.bundle:
-            return ", ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in self.values[int(sampled)].items())
+        if self.bundle:  # '@preconditioner.analytic()' shows as 'analytic()', other values as name=value
+            return " ".join(v[1:].rsplit(".", 1)[-1] if isinstance(v, str) and v.startswith("@")
+                            else f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in self.values[int(sampled)].items())
         return _short(sampled)
 
     def examples(self) -> list:
@@ -147,6 +150,10 @@ class Sweep:
                                  f"{', '.join(str(c) for c in candidates)})")
             out.append(found.resolve())
         return out
+
+    def expected_trials(self) -> int:
+        """num_samples times the product of the grids' sizes."""
+        return self.num_samples * math.prod(len(p.values) for p in self.space if p.kind == "grid")
 
     def param_space(self) -> dict:
         return {p.key: p.domain() for p in self.space}
@@ -498,6 +505,37 @@ def _dry_parse(sweep: Sweep, base_text: str, extra: list[str]) -> None:
             raise SweepError(f"{sweep.path}: the sweep's gin does not parse with {sweep.display(cfg)}: {exc}") from None
 
 
+def prepare(sweep: Sweep, extra: list[str] | None = None) -> tuple[list[Path], str, int]:
+    """Resolve the base files, inline them and dry-parse every option (no Ray).
+
+    Returns (base files, their inlined text, experiment.steps of the first options); raises
+    SweepError naming the sweep file for a missing base, a typo in a binding, a clash with
+    --gin_bindings.
+    """
+    extra = list(extra or [])
+    swept = {k for p in sweep.space for opt in (p.values if p.bundle else [{p.key: 0}]) for k in opt}
+    for b in extra:
+        if _binding_name(b) in swept:
+            raise SweepError(f"--gin_bindings {b!r}: {_binding_name(b)!r} is swept by {sweep.path}; "
+                             f"remove it from [space] to fix it")
+    from precondlab import config as gin_config
+    from precondlab import experiment  # noqa: F401 - registers 'experiment' before parsing
+    base_files = sweep.base_paths()
+    try:
+        base_text = gin_config.load([str(p) for p in base_files]).text
+    except gin_config.ConfigError as exc:
+        raise SweepError(f"{sweep.path}: base: {exc}") from None
+    _dry_parse(sweep, base_text, extra)
+    return base_files, base_text, _total_steps()
+
+
+def check(sweep_file: str | Path, bindings: list[str] | None = None) -> Sweep:
+    """Load a definition and dry-parse its gin with every option; returns the Sweep."""
+    sweep = load(sweep_file)
+    prepare(sweep, bindings)
+    return sweep
+
+
 def _scheduler(sweep: Sweep, default_max_t: int):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     s = sweep.scheduler
@@ -514,16 +552,41 @@ def _results(grid) -> list:
     """(trial id, Result) pairs; ResultGrid builds its results in the order of its trials."""
     try:
         trials = grid._experiment_analysis.trials  # noqa: SLF001 - the ids of errored trials are only here
-        return [(t.trial_id, grid[i]) for i, t in enumerate(trials)]
+        return [(t.trial_id, grid[i], t.config) for i, t in enumerate(trials)]
     except AttributeError:
-        return [((r.metrics or {}).get("trial_id", f"trial{i}"), r) for i, r in enumerate(grid)]
+        return [((r.metrics or {}).get("trial_id", f"trial{i}"), r, r.config) for i, r in enumerate(grid)]
 
 
-def _trial_statuses(grid) -> dict:
+def _trial_statuses(grid, exp_path: Path) -> dict:
+    """Trial id -> Tune status as saved on disk.
+
+    After an interruption (Ctrl+C, SIGUSR1) Tune saves the running trials as RUNNING/PENDING and
+    only then stops them, so the returned grid shows them TERMINATED like finished ones; the
+    saved experiment state tells them apart.
+    """
+    statuses = {}
     try:
-        return {t.trial_id: t.status for t in grid._experiment_analysis.trials}  # noqa: SLF001 - no public listing
+        statuses = {t.trial_id: t.status for t in grid._experiment_analysis.trials}  # noqa: SLF001
     except AttributeError:
-        return {}
+        pass
+    from ray.tune.analysis import ExperimentAnalysis
+    try:
+        with _quiet("ray.tune.analysis.experiment_analysis"):  # warns for every trial without results
+            statuses.update({t.trial_id: t.status for t in ExperimentAnalysis(str(exp_path)).trials})
+    except Exception:  # noqa: BLE001 - no saved state: the live statuses are all there is
+        pass
+    return statuses
+
+
+@contextlib.contextmanager
+def _quiet(logger: str):
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _table(rows: list[TrialRow], sweep: Sweep) -> str:
@@ -547,6 +610,7 @@ def run(sweep_file: str | Path, *, address: str | None = None, num_samples: int 
     """Run (or, with resume, continue) a sweep; returns the per-trial rows and the best trial."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables from Tune, ours only
     started = time.perf_counter()
     sweep = load(sweep_file)
     if num_samples is not None:
@@ -554,19 +618,8 @@ def run(sweep_file: str | Path, *, address: str | None = None, num_samples: int 
     if experiment_name:
         sweep.experiment = experiment_name
     extra = list(bindings or [])
-    sampled_names = {k for p in sweep.space for opt in (p.values if p.bundle else [{p.key: 0}]) for k in opt}
-    for b in extra:
-        if _binding_name(b) in sampled_names:
-            raise SweepError(f"--gin_bindings {b!r}: {_binding_name(b)!r} is swept by {sweep.path}; "
-                             f"remove it from [space] to fix it")
-
-    from precondlab import config as gin_config
-    from precondlab import experiment  # noqa: F401 - registers 'experiment' before parsing
+    base_files, base_text, default_max_t = prepare(sweep, extra)
     from precondlab import tracking
-    base_files = sweep.base_paths()
-    base_text = gin_config.load([str(p) for p in base_files]).text
-    _dry_parse(sweep, base_text, extra)
-    default_max_t = _total_steps()
 
     uri = absolute_uri(tracking_uri)
     out = Path(output or Path(DEFAULT_OUTPUT) / sweep.name).resolve()
@@ -613,17 +666,23 @@ def run(sweep_file: str | Path, *, address: str | None = None, num_samples: int 
             ray.init(address=address, log_to_driver=False, logging_level="WARNING")
         else:
             cpus = num_cpus or min(2, os.cpu_count() or 1)
-            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+            # "local": always a fresh instance; with no address Ray would join whatever cluster
+            # /tmp/ray/ray_current_cluster or $RAY_ADDRESS names, even a stale or foreign one.
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                     logging_level="WARNING")
         we_started = True
     interrupted = False
     try:
         cluster_nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+        client.set_tag(parent_id, "precondlab.ray_address", address or "local")
+        client.set_tag(parent_id, "precondlab.ray_nodes", ",".join(cluster_nodes))
         payload = {"sweep": sweep, "base_text": base_text, "base_files": base_files, "extra": extra,
                    "tracking_uri": uri, "parent_run_id": parent_id, "address": address}
         trainable = tune.with_resources(tune.with_parameters(_trainable, payload=payload),
                                         {"cpu": sweep.resources["cpu"], "gpu": sweep.resources["gpu"]})
         if has_state:
-            tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True, resume_errored=False)
+            with _quiet("ray.tune.analysis.experiment_analysis"):  # warns for every trial without results
+                tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True, resume_errored=False)
         else:
             from ray.tune.search.basic_variant import BasicVariantGenerator
             tuner = tune.Tuner(
@@ -636,7 +695,8 @@ def run(sweep_file: str | Path, *, address: str | None = None, num_samples: int 
                 run_config=tune.RunConfig(name=sweep.name, storage_path=str(storage), verbose=0,
                                           failure_config=tune.FailureConfig(max_failures=0)))
         grid = tuner.fit()
-        rows, interrupted = _collect(grid, sweep, client, exp_id, parent_id)
+        rows, interrupted = _collect(grid, _trial_statuses(grid, exp_path), sweep, client, exp_id, parent_id)
+        interrupted = interrupted or len(rows) < sweep.expected_trials()
     except BaseException as exc:
         client.set_tag(parent_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
         client.set_terminated(parent_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
@@ -681,17 +741,16 @@ def run(sweep_file: str | Path, *, address: str | None = None, num_samples: int 
                        interrupted, cluster_nodes)
 
 
-def _collect(grid, sweep: Sweep, client, exp_id: str, parent_id: str) -> tuple[list[TrialRow], bool]:
+def _collect(grid, statuses: dict, sweep: Sweep, client, exp_id: str, parent_id: str) -> tuple[list[TrialRow], bool]:
     """One row per trial; child MLflow runs a stopped trial could not close are closed here."""
-    statuses = _trial_statuses(grid)
     children = {}
     for run in client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
                                   order_by=["attributes.start_time ASC"], max_results=5000):
         children.setdefault(run.data.tags.get("precondlab.trial"), []).append(run)
     rows, interrupted = [], False
-    for trial_id, result in _results(grid):
+    for trial_id, result, trial_config in _results(grid):
         m = result.metrics or {}
-        cfg = result.config or {}
+        cfg = result.config or trial_config or {}
         runs = children.get(trial_id, [])
         run = runs[-1] if runs else None
         tune_status = statuses.get(trial_id, "TERMINATED" if result.error is None else "ERROR")
@@ -700,20 +759,18 @@ def _collect(grid, sweep: Sweep, client, exp_id: str, parent_id: str) -> tuple[l
             status = "ERROR"
             err = str(result.error).strip().splitlines() if result.error is not None else ["?"]
             error = next((line for line in reversed(err) if line.strip()), "?")[:300]
-        elif tune_status != "TERMINATED":
-            status, error, interrupted = tune_status, "", True
+        elif tune_status != "TERMINATED":  # saved as PENDING/RUNNING/PAUSED: the sweep was interrupted
+            status, error, interrupted = "INTERRUPTED", "", True
         else:
             finished = run is not None and run.info.status == "FINISHED" and m.get("step") == m.get("total_steps")
             status, error = ("COMPLETED" if finished else "STOPPED"), ""
-        # Trials that never closed their run (killed mid-write, interrupted sweeps) are closed here.
+        # Tune ends a stopped trial's actor right after telling it to stop, often before the trial
+        # has closed its MLflow run; runs left RUNNING (or FAILED by the stop) are closed here.
         for r in runs:
-            if r.info.status == "RUNNING":
-                stopped = status == "STOPPED" and r is run
-                if stopped:
-                    client.set_tag(r.info.run_id, "precondlab.stopped_early", "true")
-                client.set_terminated(r.info.run_id, "KILLED")
-            elif status == "STOPPED" and r is run and r.data.tags.get("precondlab.stopped_early") != "true":
-                client.set_tag(r.info.run_id, "precondlab.stopped_early", "true")
+            if status == "STOPPED" and r is run:
+                _close_stopped(client, r, m.get("step"))
+            elif r.info.status == "RUNNING":
+                client.set_tag(r.info.run_id, "precondlab.interrupted", "true")
                 client.set_terminated(r.info.run_id, "KILLED")
         rows.append(TrialRow(trial_id, status, sweep.display(cfg), sweep.sampled_bindings(cfg),
                              float(value) if isinstance(value, (int, float)) else None,
@@ -721,6 +778,18 @@ def _collect(grid, sweep: Sweep, client, exp_id: str, parent_id: str) -> tuple[l
                              run.info.run_id if run else None, error))
     rows.sort(key=lambda r: r.trial_id)
     return rows, interrupted
+
+
+def _close_stopped(client, run, step) -> None:
+    tags = run.data.tags
+    if tags.get("precondlab.stopped_early") != "true":
+        client.set_tag(run.info.run_id, "precondlab.stopped_early", "true")
+    if "precondlab.stopped_at_step" not in tags and step is not None:
+        client.set_tag(run.info.run_id, "precondlab.stopped_at_step", str(step))
+    if tags.get("error", "").startswith(TrialStopped.__name__):  # the stop, not a failure
+        client.delete_tag(run.info.run_id, "error")
+    if run.info.status != "KILLED":
+        client.set_terminated(run.info.run_id, "KILLED")
 
 
 def _best(rows: list[TrialRow], sweep: Sweep) -> TrialRow | None:

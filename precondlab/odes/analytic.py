@@ -7,11 +7,25 @@ dg_phi/dlambda is the total derivative along the teacher ODE: one JVP of D with 
 (dx/dlambda = D - x, dt/dlambda = -t), minus (dl/dlambda) x + l (D - x). The expectations use
 common random numbers (the same x_0 and noise at every grid point), so l is smooth in lambda
 and its finite-difference derivative is usable.
+
+Network teachers (images (B, C, H, W), a SongUNet on 'cuda' or 'cpu') are estimated in the
+teacher's own dtype when it declares one (``teacher.dtype``, float32 for a network), else in
+the dtype ``teacher.sample_x0`` returns. With ``cache_dir`` set, a fit is saved to
+``<cache_dir>/analytic-<hash>.pt`` keyed by the teacher's identity (``teacher.fingerprint()``,
+else a hash of its ``describe()`` and tensors), the lambda grid, the sample count, the trace
+method, the probes, the seed and the dtype; a later fit with the same key loads it
+(``info['cached'] = True``, ``info['seconds']`` the original cost).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
 import time
+import warnings
+from pathlib import Path
 
 import torch
 from torch.func import jvp
@@ -48,14 +62,28 @@ class AnalyticODE(ODEGeneralization):
                  trace: str = "auto",          # 'exact', 'hutchinson', or 'auto' (exact if dim <= exact_max_dim)
                  exact_max_dim: int = 16,
                  probes: int = 1,              # Hutchinson probes per sample
-                 batch_size: int = 4096,
+                 batch_size: int = 4096,       # samples per denoiser call (lower it for big networks)
                  seed: int = 0,
-                 device: str = "cpu"):
+                 device: str | None = None,    # where x lives: 'cpu', 'cuda'; None: the teacher's device (else cpu)
+                 cache_dir: str | None = None):  # save/load fits here, keyed by teacher + settings
         if trace not in ("auto", "exact", "hutchinson"):
             raise ValueError(f"trace must be 'auto', 'exact' or 'hutchinson', got {trace!r}")
         self.num_points, self.num_samples, self.trace = num_points, num_samples, trace
         self.exact_max_dim, self.probes, self.batch_size = exact_max_dim, probes, batch_size
-        self.seed, self.device = seed, device
+        self.seed, self.device, self.cache_dir = seed, device, cache_dir
+
+    def cache_key(self, teacher, method: str, dtype: torch.dtype, lam: torch.Tensor) -> dict:
+        """What a fit depends on, as plain data (its sha256 names the cache file)."""
+        sched = teacher.schedule
+        return {"version": CACHE_VERSION, "teacher": teacher_fingerprint(teacher),
+                "schedule": type(sched).__name__,
+                "num_points": self.num_points,
+                "sigma_min": float(getattr(sched, "sigma_min", float("nan"))),
+                "sigma_max": float(getattr(sched, "sigma_max", float("nan"))),
+                "lam_grid": hashlib.sha256(lam.double().cpu().numpy().tobytes()).hexdigest(),
+                "num_samples": self.num_samples, "trace": method,
+                "probes": self.probes if method == "hutchinson" else None,
+                "seed": self.seed, "dtype": str(dtype).replace("torch.", "")}
 
     def fit(self, teacher) -> ODECoefficients:
         start = time.perf_counter()
@@ -65,11 +93,23 @@ class AnalyticODE(ODEGeneralization):
         if method == "auto":
             method = "exact" if teacher.dim <= self.exact_max_dim else "hutchinson"
         x0 = teacher.sample_x0(self.num_samples, gen)
+        dtype = getattr(teacher, "dtype", None)
+        if isinstance(dtype, torch.dtype) and dtype != x0.dtype:
+            x0 = x0.to(dtype)  # a network teacher declares its dtype (e.g. float32: no float64 on some devices)
         noise = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
         lam = sched.lam_grid(self.num_points)  # uniform in lambda
         ts = sched.t_of_lam(lam)
-        dev = torch.device(self.device)
+        dev = torch.device(self.device if self.device is not None else getattr(teacher, "device", "cpu"))
         evals = 0
+
+        cache_file = key = None
+        if self.cache_dir is not None:
+            key = self.cache_key(teacher, method, x0.dtype, lam)
+            digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+            cache_file = Path(self.cache_dir).expanduser() / f"analytic-{digest[:32]}.pt"
+            cached = load_cached(cache_file, key, start)
+            if cached is not None:
+                return cached
 
         def batches():
             for i in range(0, self.num_samples, self.batch_size):
@@ -111,5 +151,92 @@ class AnalyticODE(ODEGeneralization):
 
         seconds = time.perf_counter() - start
         info = {"ode": "analytic", "trace": method, "num_points": self.num_points,
-                "num_samples": self.num_samples, "denoiser_evals": evals, "seconds": seconds}
-        return ODECoefficients(lam, l, s, info=info)
+                "num_samples": self.num_samples, "denoiser_evals": evals, "seconds": seconds,
+                "dtype": str(x0.dtype).replace("torch.", ""), "device": str(dev), "cached": False}
+        coeffs = ODECoefficients(lam, l, s, info=info)
+        if cache_file is not None:
+            save_cached(cache_file, key, coeffs)
+        return coeffs
+
+
+# -- the on-disk cache --------------------------------------------------------------------------
+CACHE_VERSION = 1  # bump when the estimator's math changes: old cache files then miss
+
+
+def _hash_into(h, value, depth: int = 0) -> None:
+    """Feed a stable description of ``value`` (tensors by bytes) into the hash ``h``."""
+    if depth > 6:
+        h.update(f"<depth:{type(value).__name__}>".encode())
+    elif hasattr(value, "fingerprint") and callable(value.fingerprint) and not isinstance(value, type):
+        h.update(f"fp:{value.fingerprint()}".encode())
+    elif isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"tensor:{t.dtype}:{tuple(t.shape)}:".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, torch.nn.Module):
+        _hash_into(h, {"module": type(value).__name__, **value.state_dict()}, depth + 1)
+    elif value is None or isinstance(value, (bool, int, float, str)):
+        h.update(f"{type(value).__name__}:{value!r};".encode())
+    elif isinstance(value, (list, tuple)):
+        h.update(f"{type(value).__name__}[{len(value)}]".encode())
+        for v in value:
+            _hash_into(h, v, depth + 1)
+    elif isinstance(value, dict):
+        h.update(f"dict[{len(value)}]".encode())
+        for k in sorted(value, key=str):
+            h.update(f"{k!s}=".encode())
+            _hash_into(h, value[k], depth + 1)
+    elif hasattr(value, "__dict__") and not callable(value):
+        # Plain objects (schedules, datasets): their class and data attributes.
+        attrs = {k: v for k, v in vars(value).items() if not k.startswith("_") and not callable(v)}
+        _hash_into(h, {"class": type(value).__qualname__, **attrs}, depth + 1)
+    else:
+        h.update(f"<{type(value).__qualname__}>".encode())
+
+
+def teacher_fingerprint(teacher) -> str:
+    """``teacher.fingerprint()`` if it has one, else a hash of its class, describe() and data.
+
+    The fallback covers the analytic teachers (GMM: means, stds, weights; empirical: points)
+    and the schedule. A custom teacher whose state is not in plain attributes should define
+    ``fingerprint()``, or the cache may reuse statistics it should not.
+    """
+    fp = getattr(teacher, "fingerprint", None)
+    if callable(fp):
+        return f"{type(teacher).__name__}:{fp()}"
+    h = hashlib.sha256()
+    describe = teacher.describe() if hasattr(teacher, "describe") else {}
+    _hash_into(h, {"class": f"{type(teacher).__module__}.{type(teacher).__qualname__}",
+                   "describe": describe,
+                   "attrs": {k: v for k, v in vars(teacher).items() if not callable(v)}})
+    return f"{type(teacher).__name__}:{h.hexdigest()}"
+
+
+def load_cached(path: Path, key: dict, start: float) -> ODECoefficients | None:
+    """The cached coefficients at ``path`` if its stored key equals ``key``; None otherwise."""
+    if not path.is_file():
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(data, dict) or data.get("key") != key:
+            return None  # another key under the same hash prefix, or an older format
+        info = dict(data["info"])
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: recompute and overwrite
+        warnings.warn(f"ignoring unreadable statistics cache {path}: {type(exc).__name__}: {exc}", stacklevel=3)
+        return None
+    info.update(cached=True, cache_file=str(path), load_seconds=time.perf_counter() - start)
+    return ODECoefficients(data["lam"], data["l"], data["s"], info=info)
+
+
+def save_cached(path: Path, key: dict, coeffs: ODECoefficients) -> None:
+    """Write atomically (temp file + rename): readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = {k: v for k, v in coeffs.info.items() if v is None or isinstance(v, (bool, int, float, str))}
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save({"key": key, "lam": coeffs.lam, "l": coeffs.l, "s": coeffs.s, "info": info}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

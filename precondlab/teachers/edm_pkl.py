@@ -20,8 +20,10 @@ Anything else raises :class:`CheckpointError` naming the file and the refused gl
 from __future__ import annotations
 
 import collections
+import hashlib
 import inspect
 import io
+import json
 import pickle
 import warnings
 from dataclasses import dataclass
@@ -320,8 +322,60 @@ class EDMNetTeacher(Teacher):
                 f"with sample_x0(n, generator), e.g. teacher.edm_pkl.dataset = @dataset.<name>()")
         return self.dataset.sample_x0(n, generator).to("cpu", torch.float64).reshape(n, *self.shape)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The network's dtype: statistics (AnalyticODE) are estimated in it, not in float64."""
+        return self.net.map_layer0.weight.dtype
+
+    def fingerprint(self) -> str:
+        """sha256 of what the denoiser and its data are: the checkpoint file's bytes (or, for an
+        in-memory network, its tensors), the preconditioning and the dataset's images. Computed
+        once per teacher; keys the AnalyticODE statistics cache."""
+        cached = getattr(self, "_fingerprint", None)
+        if cached is not None and cached[0] == self.source:
+            return cached[1]
+        h = hashlib.sha256()
+        params = {"precond": self.precond, "sigma_data": self.sigma_data}
+        if self.precond == "vp":
+            params.update(beta_d=self.beta_d, beta_min=self.beta_min, M=self.M)
+        h.update(json.dumps(params, sort_keys=True).encode())
+        path = Path(self.source)
+        if path.is_file():
+            h.update(b"file:")
+            with open(path, "rb") as f:
+                while block := f.read(1 << 20):
+                    h.update(block)
+        else:
+            for name, tensor in self.net.state_dict().items():
+                t = tensor.detach().cpu().contiguous()
+                h.update(f"{name}:{t.dtype}:{tuple(t.shape)}:".encode())
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(b"data:" + _dataset_fingerprint(self.dataset).encode())
+        self._fingerprint = (self.source, h.hexdigest())
+        return self._fingerprint[1]
+
     def describe(self) -> dict:
         return {"teacher": type(self).__name__, "dim": self.dim, "precond": self.precond, "source": self.source}
+
+
+def _dataset_fingerprint(dataset: Any) -> str:
+    """A dataset's identity: its own fingerprint(), else its class, describe() and image bytes."""
+    if dataset is None:
+        return "none"
+    fp = getattr(dataset, "fingerprint", None)
+    if callable(fp):
+        return str(fp())
+    h = hashlib.sha256(f"{type(dataset).__module__}.{type(dataset).__qualname__}".encode())
+    describe = getattr(dataset, "describe", None)
+    if callable(describe):
+        h.update(json.dumps(describe(), sort_keys=True, default=str).encode())
+    for attr in ("images", "labels", "points"):
+        value = getattr(dataset, attr, None)
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"{attr}:{t.dtype}:{tuple(t.shape)}:".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 @register("teacher", "edm_pkl")

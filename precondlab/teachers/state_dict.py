@@ -2,10 +2,17 @@
 
 The architecture comes from gin, the weights from the file; names are SongUNet's (EDM's), with
 a leading 'model.' or 'module.' (an EDM Precond's or DDP's state dict) stripped.
+
+A checkpoint written by ``precondlab train-teacher`` has a sidecar ``<name>.json`` beside it
+(``{"format": "precondlab.songunet_teacher/1", "songunet": {...}, "precond": "edm",
+"sigma_data": ...}``); with ``sidecar='auto'`` (the default) it is read and its architecture,
+preconditioning and sigma_data replace the gin arguments, so only ``path`` (and a dataset)
+need binding. ``sidecar=None`` ignores it.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,6 +46,38 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+SIDECAR_FORMAT = "precondlab.songunet_teacher/1"
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """Where the sidecar of a weights file lies: the same name with the suffix .json."""
+    return Path(path).with_suffix(".json")
+
+
+def read_sidecar(path: str | Path) -> dict:
+    """A train-teacher sidecar: {'format', 'songunet': SongUNet kwargs, 'precond', 'sigma_data', ...}."""
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable teacher sidecar ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT or not isinstance(meta.get("songunet"), dict):
+        raise CheckpointError(f"{path}: not a teacher sidecar (expected a JSON object with "
+                              f"format={SIDECAR_FORMAT!r} and a 'songunet' object)")
+    return meta
+
+
+def _auto_sidecar(path: Path) -> dict | None:
+    candidate = sidecar_path(path)
+    if candidate == path or not candidate.is_file():
+        return None
+    try:
+        meta = json.loads(candidate.read_text())
+    except (OSError, ValueError):
+        return None  # some other JSON beside the weights: not ours
+    return read_sidecar(candidate) if isinstance(meta, dict) and meta.get("format") == SIDECAR_FORMAT else None
+
+
 @register("teacher", "state_dict")
 def state_dict_teacher(path: str | None = None,                     # .pt / .pth / .safetensors
                        precond: str = "edm",                        # 'edm', 'vp' or 've'
@@ -62,18 +101,30 @@ def state_dict_teacher(path: str | None = None,                     # .pt / .pth
                        M: int = 1000,                               # VP preconditioning
                        schedule: Schedule | None = None,            # time grid for students
                        dataset: Any = None,                         # data sampler (sample_x0)
-                       device: str = "cpu") -> EDMNetTeacher:       # where the network runs
-    """A SongUNet teacher whose weights are a state dict file; the architecture is set in gin."""
+                       device: str = "cpu",                         # where the network runs
+                       sidecar: str | None = "auto") -> EDMNetTeacher:  # 'auto': <path>.json if train-teacher wrote one
+    """A SongUNet teacher whose weights are a state dict file; the architecture is set in gin
+    or read from a train-teacher sidecar JSON."""
     if path is None:
         raise CheckpointError("teacher.state_dict needs `path` (a .pt or .safetensors SongUNet state dict)")
-    kwargs = dict(img_resolution=img_resolution, in_channels=in_channels, out_channels=in_channels,
-                  label_dim=label_dim, augment_dim=augment_dim, model_channels=model_channels,
-                  channel_mult=list(channel_mult), channel_mult_emb=channel_mult_emb, num_blocks=num_blocks,
-                  attn_resolutions=list(attn_resolutions), embedding_type=embedding_type,
-                  channel_mult_noise=channel_mult_noise, encoder_type=encoder_type,
-                  decoder_type=decoder_type, resample_filter=list(resample_filter))
+    meta = None
+    if sidecar == "auto":
+        meta = _auto_sidecar(Path(path))
+    elif sidecar:
+        meta = read_sidecar(sidecar)
+    if meta is not None:  # the sidecar describes how the weights were trained: it wins over gin
+        kwargs = dict(meta["songunet"])
+        precond = meta.get("precond", precond)
+        sigma_data = float(meta.get("sigma_data", sigma_data))
+    else:
+        kwargs = dict(img_resolution=img_resolution, in_channels=in_channels, out_channels=in_channels,
+                      label_dim=label_dim, augment_dim=augment_dim, model_channels=model_channels,
+                      channel_mult=list(channel_mult), channel_mult_emb=channel_mult_emb, num_blocks=num_blocks,
+                      attn_resolutions=list(attn_resolutions), embedding_type=embedding_type,
+                      channel_mult_noise=channel_mult_noise, encoder_type=encoder_type,
+                      decoder_type=decoder_type, resample_filter=list(resample_filter))
     net = build_songunet(kwargs, load_tensors(path), str(path))
     teacher = EDMNetTeacher(net, precond, sigma_data=sigma_data, beta_d=beta_d, beta_min=beta_min, M=M,
                             schedule=schedule, dataset=dataset, device=device)
-    teacher.source = str(path)
+    teacher.source, teacher.sidecar = str(path), meta
     return teacher

@@ -1,0 +1,275 @@
+"""Sweeps with real Ray Tune and real MLflow (SQLite under tmp_path), on the CPU.
+
+Each sweep uses the toy CTM config cut down to 50-100 steps with evaluations every 50 steps;
+the evaluation is seeded, so a trial's metrics do not depend on timing, only on its settings.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import gin
+import pytest
+from mlflow.tracking import MlflowClient
+
+from precondlab import config, sweep, tracking
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+TINY = ["experiment.eval_every = 50", "evaluator.num_samples = 512", "evaluator.num_jump_pairs = 128",
+        "evaluator.reference_steps = 64", "experiment.gap_pairs = ()"]
+METRIC = "traj_mse/nfe2"
+
+
+def write_sweep(path: Path, name: str, steps: int, space: str, extra: str = "", bindings=()) -> Path:
+    lines = [f'"STEPS = {steps}"'] + [f'"{b}"' for b in list(TINY) + list(bindings)]
+    path.write_text(f'name = "{name}"\nbase = "{REPO / "gin" / "toy_ctm.gin"}"\n'
+                    f'bindings = [{", ".join(lines)}]\nexperiment = "sweeps-test"\n{extra}\n'
+                    f'[metric]\nname = "{METRIC}"\nmode = "min"\n\n[space]\n{space}\n')
+    return path
+
+
+def children(uri: str, parent_id: str):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("sweeps-test")
+    return client, client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+# ------------------------------------------------------------------------- definitions only
+def test_definitions_in_repo_load_and_validate():
+    toy = sweep.check(REPO / "sweeps" / "toy_precond.toml")   # dry-parses every option's gin
+    assert toy.base_paths() == [REPO / "gin" / "toy_analytic.gin"]
+    assert toy.scheduler["type"] == "asha" and toy.metric == METRIC
+    precond = next(p for p in toy.space if p.key == "precond")
+    assert precond.bundle and sweep.binding_lines(precond.bindings(1)) == [
+        "experiment.preconditioner = @preconditioner.analytic()", 'preconditioner.analytic.form = "forward"']
+
+    cifar = sweep.load(REPO / "sweeps" / "cifar_precond.toml")  # its base config may not exist yet
+    assert cifar.base == ["gin/cifar_analytic.gin"] and cifar.resources == {"cpu": 4, "gpu": 1}
+    assert cifar.expected_trials() == 6 and {p.key for p in cifar.space} == {"precond", "experiment.lr"}
+
+
+def test_values_render_as_gin():
+    assert sweep.render("@preconditioner.ctm()") == "@preconditioner.ctm()"
+    assert sweep.render("%SEED") == "%SEED"
+    assert sweep.render("forward") == '"forward"'
+    assert sweep.render(0.001) == "0.001" and sweep.render(12) == "12" and sweep.render(True) == "True"
+
+
+@pytest.mark.parametrize("body, match", [
+    ('base = "x.gin"\nnum_sample = 3\n', r"unknown key 'num_sample' in the top level"),
+    ('base = "x.gin"\n[space]\n"experiment.lr" = { choise = [1, 2] }\n', r"unknown key 'choise' in \[space\] 'experiment.lr'"),
+    ('base = "x.gin"\n[space]\n"experiment.lr" = { loguniform = [0, 1] }\n', r"'experiment.lr': loguniform needs 0 < lo"),
+    ('base = "x.gin"\n[space]\n"experiment.lr" = { uniform = [2, 1] }\n', r"'experiment.lr': uniform needs lo < hi"),
+    ('base = "x.gin"\n[space]\nSEED = { randint = [0.5, 3] }\n', r"'SEED': randint needs integer bounds"),
+    ('base = "x.gin"\n[space]\np = { choice = [{ "a.b" = 1 }, 2] }\n', r"'p': choice mixes binding tables"),
+    ('base = "x.gin"\n[scheduler]\ntype = "asha"\nmax_tt = 3\n', r"unknown key 'max_tt' in \[scheduler\]"),
+    ('base = "x.gin"\n[scheduler]\ntype = "pbt"\n', r"\[scheduler\] 'type' must be one of"),
+    ('base = "x.gin"\n[metric]\nname = "swd/nfe1"\nmode = "low"\n', r"\[metric\] 'mode' must be 'min' or 'max'"),
+    ('base = "x.gin"\n[resources]\ngpus = 1\n', r"unknown key 'gpus' in \[resources\]"),
+    ('bindings = []\n', r"missing key 'base'"),
+])
+def test_bad_definitions_name_file_and_key(tmp_path, body, match):
+    path = tmp_path / "bad.toml"
+    path.write_text(body)
+    with pytest.raises(sweep.SweepError, match=match) as info:
+        sweep.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_typo_in_a_swept_binding_fails_before_ray(tmp_path):
+    path = write_sweep(tmp_path / "typo.toml", "typo", 50, '"experiment.lrr" = { choice = [0.001] }')
+    with pytest.raises(sweep.SweepError, match=r"typo.toml.*experiment.lrr"):
+        sweep.check(path)
+
+
+# ------------------------------------------------------------------------------- real sweeps
+def test_asha_sweep_logs_child_runs_stops_bad_arms_and_writes_best_gin(tmp_path):
+    # lr 1e-7 and 3e-8 leave the student at its initialisation (traj_mse 0.209 at step 50),
+    # clearly worse than lr 3e-3 / 1e-3 (<= 0.207). With 2 trials at a time the tiny-lr arms start
+    # only after a good arm has reached the step-50 rung, so ASHA stops both there, every time.
+    path = write_sweep(tmp_path / "asha.toml", "asha", 100,
+                       '"experiment.lr" = { grid = [3e-3, 1e-3, 1e-7, 3e-8] }\n'
+                       '"experiment.preconditioner" = { choice = ["@preconditioner.ctm()"] }\n'
+                       'NUM_TIMESTEPS = { choice = [12, 18] }\n',
+                       extra="max_concurrent = 2\nseed = 3\n[scheduler]\ntype = \"asha\"\nmax_t = 100\n"
+                             "grace_period = 50\nreduction_factor = 2\n")
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    result = sweep.run(path, tracking_uri=uri, output=tmp_path / "out", num_cpus=2, verbose=False)
+
+    rows = {r.bindings["experiment.lr"]: r for r in result.rows}
+    assert sorted(rows) == [3e-8, 1e-7, 1e-3, 3e-3]
+    for lr in (1e-7, 3e-8):
+        assert rows[lr].status == "STOPPED" and rows[lr].step == 50 and rows[lr].iterations == 2
+    assert rows[3e-3].status == "COMPLETED" and rows[3e-3].step == 100
+    assert result.best is rows[3e-3] and not result.interrupted
+
+    client, runs = children(uri, result.parent_run_id)
+    assert len(runs) == 4
+    by_trial = {r.data.tags["precondlab.trial"]: r for r in runs}
+    assert set(by_trial) == {r.trial_id for r in result.rows}
+    for row in result.rows:
+        run = by_trial[row.trial_id]
+        assert run.data.tags["mlflow.parentRunId"] == result.parent_run_id
+        assert run.data.tags["precondlab.sweep"] == "asha" and METRIC in run.data.metrics
+        assert float(run.data.params["experiment.lr"]) == row.bindings["experiment.lr"]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, METRIC)]
+        if row.status == "STOPPED":   # closed as KILLED, not left RUNNING, and said why
+            assert run.info.status == "KILLED" and run.data.tags["precondlab.stopped_early"] == "true"
+            assert "error" not in run.data.tags and sorted(steps) == [0, 50]
+        else:
+            assert run.info.status == "FINISHED" and sorted(steps) == [0, 50, 100]
+
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "asha"
+    assert parent.data.metrics[f"best/{METRIC}"] == pytest.approx(result.best.metric)
+    assert {"summary.txt", "best.gin"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    summary = (tmp_path / "out" / "summary.txt").read_text()
+    assert summary.count("STOPPED") >= 2 and result.best.trial_id in summary
+
+    # best.gin is a complete config `precondlab run` takes as is, with the best trial's settings.
+    config.load([str(result.best_gin)])
+    assert gin.query_parameter("experiment.lr") == result.best.bindings["experiment.lr"]
+    assert gin.query_parameter("%NUM_TIMESTEPS") == result.best.bindings["NUM_TIMESTEPS"]
+    assert gin.query_parameter("%STEPS") == 100
+    assert str(gin.query_parameter("experiment.preconditioner")) == "@preconditioner.ctm()"
+
+
+def test_crashing_trial_is_an_error_row_and_the_sweep_goes_on(tmp_path):
+    path = write_sweep(tmp_path / "crash.toml", "crash", 50, '"experiment.lr" = { grid = [1e-3, -1.0] }',
+                       extra='max_concurrent = 2\n[scheduler]\ntype = "fifo"\n')
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    result = sweep.run(path, tracking_uri=uri, output=tmp_path / "out", num_cpus=2, verbose=False)
+
+    rows = {r.bindings["experiment.lr"]: r for r in result.rows}
+    assert rows[-1.0].status == "ERROR" and "Invalid learning rate" in rows[-1.0].error
+    assert rows[1e-3].status == "COMPLETED" and result.best is rows[1e-3]
+    client, runs = children(uri, result.parent_run_id)
+    status = {r.data.tags["precondlab.trial"]: (r.info.status, r.data.tags.get("error", "")) for r in runs}
+    assert status[rows[-1.0].trial_id][0] == "FAILED" and "Invalid learning rate" in status[rows[-1.0].trial_id][1]
+    assert status[rows[1e-3].trial_id][0] == "FINISHED"
+    assert client.get_run(result.parent_run_id).info.status == "FINISHED"
+    assert "ERROR" in (tmp_path / "out" / "summary.txt").read_text()
+
+
+def test_resume_continues_an_interrupted_sweep_without_redoing_finished_trials(tmp_path):
+    path = write_sweep(tmp_path / "resume.toml", "resume", 100, '"experiment.lr" = { grid = [1e-3, 2e-3] }',
+                       extra='max_concurrent = 1\n[scheduler]\ntype = "fifo"\n')
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    out = tmp_path / "out"
+    client, _, exp_id = tracking.connect(uri, "sweeps-test")  # the store exists before anyone polls it
+    proc = subprocess.Popen([sys.executable, "-m", "precondlab.cli", "sweep", str(path), "--tracking-uri", uri,
+                             "--output", str(out), "--num-cpus", "1"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:   # Ctrl+C once the first trial is done
+            if any(r.info.status == "FINISHED" for r in client.search_runs(
+                    [exp_id], "tags.`precondlab.trial` != ''")):
+                break
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        text, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, text
+    assert "INTERRUPTED" in text and "--resume" in text
+
+    with pytest.raises(sweep.SweepError, match="--resume"):   # not silently mixed into a new sweep
+        sweep.run(path, tracking_uri=uri, output=out, num_cpus=1, verbose=False)
+    result = sweep.run(path, tracking_uri=uri, output=out, num_cpus=1, resume=True, verbose=False)
+    assert [r.status for r in result.rows] == ["COMPLETED", "COMPLETED"] and not result.interrupted
+    _, runs = children(uri, result.parent_run_id)
+    per_trial = {}
+    for r in runs:
+        per_trial.setdefault(r.data.tags["precondlab.trial"], []).append(r.info.status)
+    first = next(r for r in result.rows if r.bindings["experiment.lr"] == 1e-3)
+    assert per_trial[first.trial_id] == ["FINISHED"]          # not run again
+    assert all("RUNNING" not in v for v in per_trial.values())
+    assert client.get_run(result.parent_run_id).info.status == "FINISHED"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if log.exists() and text in log.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"`ray start` exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
+        time.sleep(0.3)
+    raise TimeoutError(f"{log}: no {text!r} after {timeout} s")
+
+
+def test_address_runs_the_trials_on_an_existing_cluster(tmp_path):
+    # A head and one worker node on 127.0.0.1, each `ray start --block` child of this test, so
+    # ending them ends exactly their processes (`ray stop` would stop every Ray on the machine).
+    # Their own temp dir keeps /tmp/ray/ray_current_cluster (which a bare ray.init() follows) untouched.
+    port = _free_port()
+    ray_tmp = tempfile.mkdtemp(prefix="plray-", dir="/tmp")   # short: Ray's socket paths have a length limit
+    token = tmp_path / "ray_token"
+    token.write_text(secrets.token_hex(32))
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    ray_bin = str(VENV_BIN / "ray")
+    procs = []
+    try:
+        head_log = tmp_path / "head.log"
+        procs.append(subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
+                                       "--include-dashboard=false", f"--temp-dir={ray_tmp}", "--disable-usage-stats"],
+                                      env=env, stdout=head_log.open("w"), stderr=subprocess.STDOUT))
+        _wait_for(head_log, "Ray runtime started", procs[0])
+        worker_log = tmp_path / "worker.log"
+        procs.append(subprocess.Popen([ray_bin, "start", "--block", f"--address=127.0.0.1:{port}", "--num-cpus=1"],
+                                      env=env, stdout=worker_log.open("w"), stderr=subprocess.STDOUT))
+        _wait_for(worker_log, "Ray runtime started", procs[1])
+
+        path = write_sweep(tmp_path / "cluster.toml", "cluster", 50, '"experiment.lr" = { grid = [1e-3, 2e-3] }',
+                           extra='max_concurrent = 2\n[scheduler]\ntype = "fifo"\n')
+        uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+        done = subprocess.run([sys.executable, "-m", "precondlab.cli", "sweep", str(path), "--address",
+                               f"127.0.0.1:{port}", "--tracking-uri", uri, "--output", str(tmp_path / "out")],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+        # The cluster's nodes, asked independently of the sweep.
+        nodes = subprocess.run([sys.executable, "-c",
+                                "import ray; ray.init(address='127.0.0.1:%d', log_to_driver=False); "
+                                "print(' '.join(n['NodeID'] for n in ray.nodes() if n['Alive']))" % port],
+                               env=env, capture_output=True, text=True, timeout=120)
+        cluster = set(nodes.stdout.split())
+        assert len(cluster) == 2, nodes.stdout + nodes.stderr
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("sweeps-test")
+    parent = client.search_runs([exp.experiment_id], "tags.`precondlab.role` = 'sweep'")[0]
+    assert parent.data.tags["precondlab.ray_address"] == f"127.0.0.1:{port}" and parent.info.status == "FINISHED"
+    _, runs = children(uri, parent.info.run_id)
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    ran_on = {r.data.tags["precondlab.ray_node"] for r in runs}
+    assert ran_on <= cluster and len(ran_on) >= 1
