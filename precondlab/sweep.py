@@ -407,6 +407,10 @@ def _trainable(config: dict, payload: dict) -> None:
 
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
+    if os.path.isdir(payload["cwd"]):
+        # Tune starts trials in their own folder; relative paths in the gin (teacher checkpoints,
+        # caches) mean what they mean to `precondlab run` started where the sweep was started.
+        os.chdir(payload["cwd"])
     sweep: Sweep = payload["sweep"]
     sampled = sweep.sampled_bindings(config)
     text = compose(payload["base_text"], sweep, payload["extra"], sampled, trial_id)
@@ -456,7 +460,7 @@ def _trainable(config: dict, payload: dict) -> None:
 @dataclass
 class TrialRow:
     trial_id: str
-    status: str                   # COMPLETED | STOPPED | ERROR | PENDING/RUNNING (interrupted)
+    status: str                   # COMPLETED | STOPPED (by the scheduler) | ERROR | INTERRUPTED
     params: dict                  # key -> display value
     bindings: dict                # gin name -> value
     metric: float | None
@@ -497,7 +501,7 @@ def _dry_parse(sweep: Sweep, base_text: str, extra: list[str]) -> None:
     from precondlab import experiment  # noqa: F401 - registers the 'experiment' configurable
     first = {p.key: p.examples()[0] for p in sweep.space}
     variants = [first] + [{**first, p.key: v} for p in sweep.space for v in p.examples()[1:]]
-    for cfg in variants:
+    for cfg in variants[1:] + variants[:1]:  # the first options last: their gin state stays for the caller
         text = compose(base_text, sweep, extra, sweep.sampled_bindings(cfg))
         try:
             gin_config.parse_text(text, origin=str(sweep.path))
@@ -660,27 +664,59 @@ def run(sweep_file: str | Path, *, address: str | None = None, num_samples: int 
         state_path.write_text(json.dumps({"parent_run_id": parent_id, "tracking_uri": uri,
                                           "experiment": sweep.experiment, "sweep_file": str(sweep.path)}, indent=1))
 
+    try:
+        rows, interrupted, cluster_nodes = _tune(sweep, payload={
+            "sweep": sweep, "base_text": base_text, "base_files": base_files, "extra": extra,
+            "tracking_uri": uri, "parent_run_id": parent_id, "address": address, "cwd": os.getcwd()},
+            storage=storage, address=address, num_cpus=num_cpus, resume=has_state,
+            default_max_t=default_max_t, client=client, exp_id=exp_id)
+        best = _best(rows, sweep)
+        seconds = time.perf_counter() - started
+        text, best_gin = _report_sweep(sweep, rows, best, interrupted, seconds, out, base_text, extra,
+                                       client, exp_id, parent_id)
+    except BaseException as exc:
+        client.set_tag(parent_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
+        client.set_terminated(parent_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    if verbose:
+        print(text)
+    return SweepResult(sweep.name, parent_id, exp_id, uri, rows, best, best_gin, text, out, seconds,
+                       interrupted, cluster_nodes)
+
+
+def _tune(sweep: Sweep, payload: dict, storage: Path, address, num_cpus, resume: bool, default_max_t: int,
+          client, exp_id: str) -> tuple[list[TrialRow], bool, list[str]]:
+    """Start or join Ray, run (or restore) the Tune experiment, collect one row per trial."""
+    import ray
+    from ray import tune
+    parent_id = payload["parent_run_id"]
+    exp_path = storage / sweep.name
     we_started = False
     if not ray.is_initialized():
         if address:
             ray.init(address=address, log_to_driver=False, logging_level="WARNING")
         else:
-            cpus = num_cpus or min(2, os.cpu_count() or 1)
+            # Bounded: min(2, cpu count), raised to one trial's CPUs if that is more (up to the count).
+            cpus = num_cpus or min(os.cpu_count() or 1, max(2, math.ceil(sweep.resources["cpu"])))
             # "local": always a fresh instance; with no address Ray would join whatever cluster
             # /tmp/ray/ray_current_cluster or $RAY_ADDRESS names, even a stale or foreign one.
             ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
                      logging_level="WARNING")
         we_started = True
-    interrupted = False
     try:
+        total = ray.cluster_resources()
+        need = {"CPU": sweep.resources["cpu"], "GPU": sweep.resources["gpu"]}
+        if any(v > total.get(k, 0) for k, v in need.items()):
+            raise SweepError(f"{sweep.path}: [resources] asks {need['CPU']:g} CPU and {need['GPU']:g} GPU per trial; "
+                             f"the Ray {'cluster at ' + address if address else 'started here'} has "
+                             f"{total.get('CPU', 0):g} CPU and {total.get('GPU', 0):g} GPU in all "
+                             f"(no trial could ever start{'' if address else '; see --num-cpus'})")
         cluster_nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
         client.set_tag(parent_id, "precondlab.ray_address", address or "local")
         client.set_tag(parent_id, "precondlab.ray_nodes", ",".join(cluster_nodes))
-        payload = {"sweep": sweep, "base_text": base_text, "base_files": base_files, "extra": extra,
-                   "tracking_uri": uri, "parent_run_id": parent_id, "address": address}
         trainable = tune.with_resources(tune.with_parameters(_trainable, payload=payload),
                                         {"cpu": sweep.resources["cpu"], "gpu": sweep.resources["gpu"]})
-        if has_state:
+        if resume:
             with _quiet("ray.tune.analysis.experiment_analysis"):  # warns for every trial without results
                 tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True, resume_errored=False)
         else:
@@ -689,30 +725,30 @@ def run(sweep_file: str | Path, *, address: str | None = None, num_samples: int 
                 trainable, param_space=sweep.param_space(),
                 tune_config=tune.TuneConfig(
                     metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
-                    scheduler=_scheduler(sweep, default_max_t), reuse_actors=False,
+                    scheduler=_scheduler(sweep, default_max_t),
+                    reuse_actors=False,  # Ray 2.60 cannot reuse actors of wrapped function trainables
                     search_alg=BasicVariantGenerator(max_concurrent=sweep.max_concurrent,
                                                      random_state=sweep.seed)),
                 run_config=tune.RunConfig(name=sweep.name, storage_path=str(storage), verbose=0,
                                           failure_config=tune.FailureConfig(max_failures=0)))
         grid = tuner.fit()
         rows, interrupted = _collect(grid, _trial_statuses(grid, exp_path), sweep, client, exp_id, parent_id)
-        interrupted = interrupted or len(rows) < sweep.expected_trials()
-    except BaseException as exc:
-        client.set_tag(parent_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
-        client.set_terminated(parent_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
+        return rows, interrupted or len(rows) < sweep.expected_trials(), cluster_nodes
     finally:
         if we_started:
             ray.shutdown()
 
-    best = _best(rows, sweep)
-    summary = _table(rows, sweep)
-    seconds = time.perf_counter() - started
+
+def _report_sweep(sweep: Sweep, rows, best, interrupted: bool, seconds: float, out: Path, base_text: str,
+                  extra: list[str], client, exp_id: str, parent_id: str) -> tuple[str, Path | None]:
+    """summary.txt, best.gin and the parent run's metrics; ends the parent run."""
     header = (f"sweep {sweep.name!r}: {len(rows)} trials, metric {sweep.metric} ({sweep.mode}), "
               f"{seconds:.0f} s; MLflow experiment {sweep.experiment!r}, parent run {parent_id}")
     best_line = (f"best: trial {best.trial_id} {sweep.metric} = {best.metric:.5g} ({best.status.lower()}) "
                  f"{', '.join(f'{k}={v}' for k, v in best.params.items())}" if best else "best: none (no trial reported)")
-    text = f"{header}\n\n{summary}\n\n{best_line}\n"
+    text = f"{header}\n\n{_table(rows, sweep)}\n\n{best_line}\n"
+    if interrupted:
+        text += f"\ninterrupted: continue with  precondlab sweep {sweep.path} --resume --output {out}\n"
     (out / "summary.txt").write_text(text)
     client.log_artifact(parent_id, str(out / "summary.txt"))
     best_gin = None
@@ -730,15 +766,8 @@ def run(sweep_file: str | Path, *, address: str | None = None, num_samples: int 
     counts = {s: sum(r.status == s for r in rows) for s in ("COMPLETED", "STOPPED", "ERROR")}
     for key, value in ({f"trials/{k.lower()}": v for k, v in counts.items()} | {"seconds": seconds}).items():
         client.log_metric(parent_id, key, value)
-    if interrupted:
-        client.set_terminated(parent_id, "KILLED")
-        text += f"\ninterrupted: continue with  precondlab sweep {sweep.path} --resume --output {out}\n"
-    else:
-        client.set_terminated(parent_id, "FINISHED")
-    if verbose:
-        print(text)
-    return SweepResult(sweep.name, parent_id, exp_id, uri, rows, best, best_gin, text, out, seconds,
-                       interrupted, cluster_nodes)
+    client.set_terminated(parent_id, "KILLED" if interrupted else "FINISHED")
+    return text, best_gin
 
 
 def _collect(grid, statuses: dict, sweep: Sweep, client, exp_id: str, parent_id: str) -> tuple[list[TrialRow], bool]:

@@ -16,7 +16,7 @@ Output, both written atomically (temp file + rename), the sidecar first:
   "songunet": {constructor kwargs}, "precond": "edm", "sigma_data": ..., training summary}``,
   which ``teacher.state_dict`` reads by itself, so a config needs only::
 
-      teacher.state_dict.path = 'checkpoints/fashion_teacher.pt'
+      teacher.state_dict.path = 'checkpoints/fashion-teacher.pt'
       teacher.state_dict.dataset = @dataset.fashion_mnist()
 
 A non-finite loss stops training and keeps the last checkpoint; the MLflow run (if tracking)

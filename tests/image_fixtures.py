@@ -38,3 +38,17 @@ def tiny_image_bindings(cache: Path) -> list[str]:
         "fid.device = 'cpu'",
         "ode.analytic.num_points = 6", "ode.analytic.num_samples = 8", "ode.analytic.batch_size = 8",
     ]
+
+
+def write_fashion_fixture(root: Path) -> tuple[Path, Path]:
+    """(teacher .pt with its sidecar, data dir with idx files) for gin/fashion_*.gin."""
+    from test_datasets import write_fmnist
+
+    from precondlab.teacher_training import save_teacher
+    data = root / "fmnist"
+    write_fmnist(data, n=16)
+    kwargs = {**TINY_NET, "in_channels": 1, "out_channels": 1}
+    torch.manual_seed(0)
+    net = SongUNet(**kwargs).eval()
+    ckpt, _ = save_teacher(root / "fashion-teacher.pt", net, kwargs)
+    return ckpt, data

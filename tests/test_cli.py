@@ -30,10 +30,21 @@ def runs_in(db: Path):
     return [r for e in exps for r in client.search_runs([e.experiment_id])]
 
 
-def test_every_base_file_is_included_by_a_top_level_file():
+def test_every_gin_file_is_exercised():
+    """Top-level files run below; base/ files are included by them; teachers/ files are
+    train-teacher configs run by tests/test_teacher_training.py."""
     text = "".join(p.read_text() for p in TOP_LEVEL)
-    for base in (GIN / "base").glob("*.gin"):
-        assert f"base/{base.name}" in text, base
+    trainer_tests = (Path(__file__).parent / "test_teacher_training.py").read_text()
+    for path in GIN.rglob("*.gin"):
+        rel = path.relative_to(GIN)
+        if rel.parent == Path("."):
+            continue
+        if rel.parts[0] == "base":
+            assert f"base/{path.name}" in text, path
+        elif rel.parts[0] == "teachers":
+            assert f'"teachers" / "{path.name}"' in trainer_tests, path
+        else:
+            raise AssertionError(f"{path}: not exercised by any test")
 
 
 def setup_bindings(gin_file: Path, tmp_path: Path) -> tuple[str, list[str], str]:
@@ -44,7 +55,15 @@ def setup_bindings(gin_file: Path, tmp_path: Path) -> tuple[str, list[str], str]
     if name.startswith("cifar_"):
         from image_fixtures import tiny_image_bindings, write_cifar_fixture
         pkl, data = write_cifar_fixture(tmp_path)
-        extra = tiny_image_bindings(tmp_path / "fid-cache") + [f"TEACHER_PKL = '{pkl}'", f"DATA_DIR = '{data}'"]
+        extra = tiny_image_bindings(tmp_path / "fid-cache") + [f"TEACHER_PKL = '{pkl}'", f"DATA_DIR = '{data}'",
+                                                               f"ode.analytic.cache_dir = '{tmp_path / 'stats'}'"]
+        return "run", [a for b in extra for a in ("--gin_bindings", b)], "fd_classifier/nfe2"
+    if name.startswith("fashion_"):
+        from image_fixtures import tiny_image_bindings, write_fashion_fixture
+        ckpt, data = write_fashion_fixture(tmp_path)
+        extra = tiny_image_bindings(tmp_path / "fid-cache") + [
+            f"TEACHER_CKPT = '{ckpt}'", f"dataset.fashion_mnist.data_dir = '{data}'",
+            "dataset.fashion_mnist.system_dir = None", f"ode.analytic.cache_dir = '{tmp_path / 'stats'}'"]
         return "run", [a for b in extra for a in ("--gin_bindings", b)], "fd_classifier/nfe2"
     raise AssertionError(f"{name}: add its tiny setup here, so every gin file is exercised")
 

@@ -150,11 +150,19 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
     data = write_fashion(tmp_path / "data")
     dataset = _NaNAfter(FashionMNIST(data_dir=data, resolution=8, system_dir=None), good=3)
     job = _tiny_job(data, dataset=dataset, steps=10, checkpoint_every=2)
-    out = tmp_path / "t.pt"
-    with pytest.raises(NonFiniteLossError, match=r"at step 4.*last good checkpoint: .*t\.pt"):
-        job.run(output=str(out))
+    out = tmp_path / "ckpt" / "t.pt"
+    db = tmp_path / "mlruns.db"
+    with pytest.raises(NonFiniteLossError, match=r"at step 4; MLflow run \w+ marked FAILED; last good checkpoint: .*t\.pt"):
+        job.run(output=str(out), tracking=True, tracking_uri=f"sqlite:///{db}")
     assert json.loads(out.with_suffix(".json").read_text())["step"] == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "t.json", "t.pt"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["t.json", "t.pt"]
+
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(f"sqlite:///{db}")
+    (run,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert run.info.status == "FAILED" and "non-finite loss" in run.data.tags["error"]
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 3      # the good steps were logged
+    assert "checkpoints/t.pt" in {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
 
 
 def test_safetensors_output_and_preconditioning_match_the_teacher(tmp_path):

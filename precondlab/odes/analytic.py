@@ -65,12 +65,13 @@ class AnalyticODE(ODEGeneralization):
                  batch_size: int = 4096,       # samples per denoiser call (lower it for big networks)
                  seed: int = 0,
                  device: str | None = None,    # where x lives: 'cpu', 'cuda'; None: the teacher's device (else cpu)
-                 cache_dir: str | None = None):  # save/load fits here, keyed by teacher + settings
+                 cache_dir: str | None = None,   # save/load fits here, keyed by teacher + settings
+                 clamp: float = 20.0):         # |l|, |s| bound: keeps exp(int s) finite on a poor estimate
         if trace not in ("auto", "exact", "hutchinson"):
             raise ValueError(f"trace must be 'auto', 'exact' or 'hutchinson', got {trace!r}")
         self.num_points, self.num_samples, self.trace = num_points, num_samples, trace
         self.exact_max_dim, self.probes, self.batch_size = exact_max_dim, probes, batch_size
-        self.seed, self.device, self.cache_dir = seed, device, cache_dir
+        self.seed, self.device, self.cache_dir, self.clamp = seed, device, cache_dir, clamp
 
     def cache_key(self, teacher, method: str, dtype: torch.dtype, lam: torch.Tensor) -> dict:
         """What a fit depends on, as plain data (its sha256 names the cache file)."""
@@ -149,8 +150,17 @@ class AnalyticODE(ODEGeneralization):
                 evals += 2 * x.shape[0]
             s[i] = num / den if den > 0 else 0.0
 
+        # The reference values stay within |s| < 3; a far larger |s| means too few samples or a
+        # teacher whose g_phi vanishes. Unbounded, exp(int s dlambda) overflows float64 and the
+        # coefficients become NaN, so clamp and record how many points were clamped.
+        clamped = int((l.abs() > self.clamp).sum() + (s.abs() > self.clamp).sum())
+        if clamped:
+            warnings.warn(f"ode.analytic: {clamped} of {2 * self.num_points} statistics exceeded |{self.clamp}| and "
+                          f"were clamped (num_samples={self.num_samples}; raise it if this is a real teacher)",
+                          stacklevel=2)
+        l, s = l.clamp(-self.clamp, self.clamp), s.clamp(-self.clamp, self.clamp)
         seconds = time.perf_counter() - start
-        info = {"ode": "analytic", "trace": method, "num_points": self.num_points,
+        info = {"ode": "analytic", "trace": method, "num_points": self.num_points, "clamped": clamped,
                 "num_samples": self.num_samples, "denoiser_evals": evals, "seconds": seconds,
                 "dtype": str(x0.dtype).replace("torch.", ""), "device": str(dev), "cached": False}
         coeffs = ODECoefficients(lam, l, s, info=info)
@@ -160,7 +170,7 @@ class AnalyticODE(ODEGeneralization):
 
 
 # -- the on-disk cache --------------------------------------------------------------------------
-CACHE_VERSION = 1  # bump when the estimator's math changes: old cache files then miss
+CACHE_VERSION = 2  # bump when the estimator's math changes: old cache files then miss
 
 
 def _hash_into(h, value, depth: int = 0) -> None:

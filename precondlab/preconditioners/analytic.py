@@ -41,8 +41,13 @@ class AnalyticPrecond(Preconditioner):
         """Precompute (f, g) for every pair of a time grid; pairs on it are then looked up, not integrated."""
         knots = torch.sort(torch.as_tensor(grid, dtype=torch.float64).cpu()).values
         t, s = torch.meshgrid(knots, knots, indexing="ij")
-        self.table = torch.stack(self._integrate(t, s))          # (2, n, n): f, g at (t_i, s_j)
-        self.knots = knots
+        table = torch.stack(self._integrate(t, s))               # (2, n, n): f, g at (t_i, s_j)
+        valid = torch.tril(torch.ones_like(t, dtype=torch.bool))  # pairs with s <= t (knots ascend)
+        if not bool(torch.isfinite(table[:, valid]).all()):
+            raise ValueError(f"Analytic-Precond ({self.form} form) gives non-finite f, g on the time grid: the "
+                             f"statistics {self.coeffs.info} are unusable; raise ode.analytic.num_samples "
+                             f"or try the backward form")
+        self.table, self.knots = table, knots
         return self
 
     def _integrate(self, t, s):
