@@ -5,6 +5,9 @@ import pytest
 import torch
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# One intra-op thread per test process (and CLI subprocess): the tensors here are tiny, and on
+# two cores a second thread mostly waits on the other test process or the CPU next door.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 GIN = REPO / "gin"
 
@@ -16,7 +19,7 @@ def _isolate(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     gin.clear_config()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     yield
     gin.clear_config()
 

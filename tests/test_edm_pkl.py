@@ -41,15 +41,6 @@ EDM_GLOBALS = {("torch_utils.persistence", "_reconstruct_persistent_obj"),
                ("collections", "OrderedDict"), ("numpy", "dtype")}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions lose much on several OpenMP threads on a busy machine (after conftest)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # -- the writer ---------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _fake_persistence():

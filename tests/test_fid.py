@@ -22,15 +22,6 @@ from precondlab.evaluation import (CLASSIFIER_LABEL, FeatureExtractorError, FIDE
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these models are tiny, and on busy cores two threads contend badly."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
 def _no_network(monkeypatch, tmp_path):
     def refuse(*args, **kwargs):
         raise AssertionError(f"network access attempted: {args[:1]}")

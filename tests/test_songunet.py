@@ -12,18 +12,6 @@ TINY = dict(img_resolution=8, in_channels=3, model_channels=16, channel_mult=[1,
             num_blocks=1, attn_resolutions=[4])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions gain nothing from OpenMP threads and lose much on a busy machine.
-
-    Function-scoped so it runs after conftest's per-test thread setting.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _randomise(net: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> None:
     """Every tensor but the fixed FIR filters, drawn in name order (zero-init layers hide bugs)."""
     g = torch.Generator().manual_seed(seed)

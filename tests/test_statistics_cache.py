@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 import torch
 
 from precondlab.data.images import ImageDataset
@@ -15,15 +14,6 @@ from precondlab.teachers.edm_pkl import EDMNetTeacher
 from precondlab.teachers.gmm import GMMTeacher
 
 SMALL = dict(num_points=12, num_samples=256, trace="hutchinson")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids waiting on a busy second core (conftest resets it per test)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def gmm(**kw):

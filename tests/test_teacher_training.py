@@ -46,14 +46,6 @@ def cli(*args, cwd):
                           cwd=cwd, env=env)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_bindings(data_dir: Path, steps: int = 8) -> list[str]:
     bindings = [f"dataset.fashion_mnist.data_dir = '{data_dir}'",
                 "dataset.fashion_mnist.system_dir = None",
