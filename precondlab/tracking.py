@@ -30,7 +30,7 @@ def default_artifact_root(uri: str) -> str | None:
     return None
 
 
-def connect(uri: str | None, experiment: str = DEFAULT_EXPERIMENT):
+def connect(uri: str | None, experiment: str = DEFAULT_EXPERIMENT, _retried: bool = False):
     """Check the store answers and make sure the experiment exists; returns (client, uri, experiment_id).
 
     Checked before any run starts, so an unreachable store leaves nothing behind.
@@ -50,8 +50,8 @@ def connect(uri: str | None, experiment: str = DEFAULT_EXPERIMENT):
         else:
             exp_id = found.experiment_id
     except Exception as exc:  # noqa: BLE001 - every backend has its own exception types
-        if "already exists" in str(exc):  # created meanwhile by a parallel trial
-            return client, uri, client.get_experiment_by_name(experiment).experiment_id
+        if "already exists" in str(exc) and not _retried:  # store or experiment created meanwhile
+            return connect(uri, experiment, _retried=True)  # by a parallel trial: use theirs
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrackingError(f"cannot use the MLflow tracking store {uri!r}: {first}\n"
                             f"Start the server, fix --tracking-uri / MLFLOW_TRACKING_URI, or leave both unset "
