@@ -201,7 +201,7 @@ def _train(exp: Experiment, config: ParsedConfig, log, out: Path, progress: bool
         if bar is not None:
             bar.update(1)
             if step % 50 == 0:
-                bar.set_postfix(loss=f"{float(loss):.3g}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.3g}")
         if step % exp.eval_every == 0 or step == exp.steps:
             evaluate(step)
         if step % exp.checkpoint_every == 0 or step == exp.steps:
