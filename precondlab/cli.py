@@ -51,7 +51,7 @@ def cmd_run(args) -> int:
                             progress=not args.no_progress)
     rows = [(k, f"{v:.4g}") for k, v in sorted(result.final.items())]
     rows += [("mlflow run", result.run_id), ("checkpoint", result.checkpoint or "-")]
-    print("\nsummary (final evaluation; lower is better for swd, traj_mse, jump_mse):")
+    print("\nsummary (final evaluation of the EMA student; lower is better, except psnr):")
     print(_table(rows))
     if args.json:
         print(json.dumps({"run_id": result.run_id, "final": result.final}))
