@@ -15,17 +15,17 @@ from precondlab.teachers.solvers import euler_step, heun_step
 from precondlab.training.losses import l2
 
 
-def teacher_steps(teacher, x, grid, start, k, method="heun"):
-    """Per-example k_i solver steps along the grid from index start_i (k may differ per example)."""
+def teacher_steps(teacher, x, grid, start, k, max_k: int, method="heun"):
+    """Per-example k_i solver steps along the grid from index start_i (k may differ per example).
+
+    Loops max_k times with masking rather than reading k.max() from the device: no host sync.
+    """
     step = heun_step if method == "heun" else euler_step
-    for j in range(int(k.max())):
-        active = j < k
-        if not bool(active.any()):
-            break
-        last = len(grid) - 1
+    last = len(grid) - 1
+    for j in range(max_k):
+        active = (j < k).reshape(-1, *([1] * (x.ndim - 1)))
         t, s = grid[(start + j).clamp(max=last)], grid[(start + j + 1).clamp(max=last)]
-        moved = step(teacher, x, t, s)
-        x = torch.where(active.reshape(-1, *([1] * (x.ndim - 1))), moved, x)
+        x = torch.where(active, step(teacher, x, t, s), x)
     return x
 
 
@@ -99,7 +99,7 @@ class CTMObjective(Objective):
         noise = torch.randn(x0.shape, generator=generator, device=dev, dtype=dt)
         x_t = x0 + _bcast(t, x0) * noise
         with torch.no_grad():
-            x_u = teacher_steps(teacher, x_t, grid, n, k, self.teacher_solver)
+            x_u = teacher_steps(teacher, x_t, grid, n, k, K, self.teacher_solver)
             target_s = precond.jump(student, x_u, u, s)            # G_sg(x_u, u, s)
             target_0 = precond.jump(target, target_s, s, eps)      # then G_ema(., s, eps)
         estimate_s = precond.jump(student, x_t, t, s)
@@ -123,7 +123,7 @@ class CMObjective(Objective):
         noise = torch.randn(x0.shape, generator=generator, device=dev, dtype=dt)
         x_t = x0 + _bcast(t, x0) * noise
         with torch.no_grad():
-            x_u = teacher_steps(teacher, x_t, grid, n, torch.ones_like(n), self.teacher_solver)
+            x_u = teacher_steps(teacher, x_t, grid, n, torch.ones_like(n), 1, self.teacher_solver)
             target_0 = precond.jump(target, x_u, u, eps)
         main = self.distance(precond.jump(student, x_t, t, eps), target_0).mean()
         logs = {"loss_cm": main.detach()}
