@@ -809,6 +809,16 @@ def _collect(grid, statuses: dict, sweep: Sweep, client, exp_id: str, parent_id:
     return rows, interrupted
 
 
+def _delete_tag(client, run_id: str, key: str) -> None:
+    """Delete a tag that the trial itself may have deleted meanwhile (trial and driver race here)."""
+    from mlflow.exceptions import MlflowException
+    try:
+        client.delete_tag(run_id, key)
+    except MlflowException as exc:
+        if "No tag with name" not in str(exc):
+            raise
+
+
 def _close_stopped(client, run, step) -> None:
     tags = run.data.tags
     if tags.get("precondlab.stopped_early") != "true":
@@ -816,7 +826,7 @@ def _close_stopped(client, run, step) -> None:
     if "precondlab.stopped_at_step" not in tags and step is not None:
         client.set_tag(run.info.run_id, "precondlab.stopped_at_step", str(step))
     if tags.get("error", "").startswith(TrialStopped.__name__):  # the stop, not a failure
-        client.delete_tag(run.info.run_id, "error")
+        _delete_tag(client, run.info.run_id, "error")
     if run.info.status != "KILLED":
         client.set_terminated(run.info.run_id, "KILLED")
 
