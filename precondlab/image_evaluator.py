@@ -15,7 +15,7 @@ import gin
 import torch
 
 from precondlab.registry import get
-from precondlab.sampling import nfe_grid
+from precondlab.sampling import sample_student
 from precondlab.teachers.solvers import solve
 
 
@@ -54,15 +54,9 @@ class ImageEvaluator:
             self.info.update(self.fid.info)
         return self
 
-    @torch.no_grad()
     def _sample(self, precond, net, nfe, z, device):
-        sched = self.teacher.schedule
-        ts = nfe_grid(sched, nfe).tolist()
-        jump = lambda x, t, s: precond.jump(net, x, t, s)  # noqa: E731
-        gen = torch.Generator(device=device).manual_seed(self.seed + nfe)
-        out = [self.sampler(jump, (sched.sigma_max * zb).to(device), ts, generator=gen).float().cpu()
-               for zb in z.split(self.batch_size)]
-        return torch.cat(out)
+        return sample_student(self.sampler, precond, net, z, self.teacher.schedule, nfe, seed=self.seed,
+                              device=device, batch_size=self.batch_size).float()
 
     def __call__(self, precond, net, device="cpu", dtype=torch.float32) -> dict[str, float]:
         from precondlab.evaluation import alignment

@@ -14,7 +14,7 @@ import gin
 import torch
 
 from precondlab.registry import get
-from precondlab.sampling import nfe_grid
+from precondlab.sampling import sample_student
 from precondlab.teachers.solvers import reference_flow
 
 
@@ -65,12 +65,8 @@ class Evaluator:
         return self
 
     def samples(self, precond, net, nfe: int, device="cpu", dtype=torch.float32) -> torch.Tensor:
-        sched = self.teacher.schedule
-        ts = nfe_grid(sched, nfe)
-        jump = lambda x, t, s: precond.jump(net, x, t, s)  # noqa: E731
-        x = (sched.sigma_max * self.z).to(device=device, dtype=dtype)
-        gen = torch.Generator(device=device).manual_seed(self.seed + nfe)
-        return self.sampler(jump, x, ts.tolist(), generator=gen).double().cpu()
+        return sample_student(self.sampler, precond, net, self.z, self.teacher.schedule, nfe,
+                              seed=self.seed, device=device, dtype=dtype).double()
 
     def log_artifacts(self, log, precond, net, device="cpu") -> None:
         """The sample scatter plot (data, exact flow, student at each NFE)."""

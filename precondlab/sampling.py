@@ -37,3 +37,16 @@ def sample_gamma(jump, x, ts, *, generator=None, gamma: float = 0.5):
 def nfe_grid(schedule, nfe: int) -> torch.Tensor:
     """The default k-step sampling times: a Karras grid of k + 1 points (2 steps: 80 -> 2.515 -> 0.002)."""
     return schedule.karras(nfe + 1)
+
+
+def sample_student(sampler, precond, net, z, schedule, nfe: int, *, seed: int, device="cpu",
+                   dtype=torch.float32, batch_size: int | None = None) -> torch.Tensor:
+    """k-step samples of the student G = precond.jump(net, ...) from x = sigma_max z on the default
+    NFE grid, with a generator seeded by seed + nfe (shared by every evaluator); on the CPU."""
+    ts = nfe_grid(schedule, nfe).tolist()
+    jump = lambda x, t, s: precond.jump(net, x, t, s)  # noqa: E731
+    gen = torch.Generator(device=device).manual_seed(seed + nfe)
+    chunks = z.split(batch_size) if batch_size else (z,)
+    with torch.no_grad():
+        return torch.cat([sampler(jump, (schedule.sigma_max * zb).to(device=device, dtype=dtype), ts,
+                                  generator=gen).cpu() for zb in chunks])
