@@ -33,6 +33,12 @@ what it finished):
    /usr/share/datasets/fashion-mnist/ (Debian's dataset-fashion-mnist) or ``--data-dir`` (only
    the train split is read: train-{images-idx3,labels-idx1}-ubyte[.gz], 26 MB gzipped; the device
    machine has neither, so carry them); the smoke run writes a tiny idx fixture (random pixels).
+4. **torch.compile** (``--compile 0`` skips it; last, so a cut-short run keeps parts 1-3): part 1's
+   Analytic CTM step with student, EMA target and teacher network compiled in place, as
+   ``experiment.compile = True`` does: ms/step, images/s, the first step's seconds (tracing and
+   code generation) and the steps after which the compile time is repaid. ``experiment.compile``
+   stays off by default until this shows it pays on a GPU. Smoke uses the ``aot_eager`` backend
+   (same tracing, no code generation; inductor's C++ build takes minutes on a CPU).
 
 Sizing for one H100 (bf16 ~ 300-400 TFLOP/s achieved on these convolutions, fp32/TF32 ~150-200):
 the CIFAR DDPM++ forward is 42.4 GFLOP per image (torch's FLOP counter). A CTM step runs the
@@ -44,13 +50,14 @@ kernel launches, not FLOPs (counted on the CPU: ~400 kernels a teacher forward, 
 ~12000 a CTM step; at ~10-15 us each): teacher 1500 steps x ~20 ms ~ 30 s; two distillations of
 250 steps x ~0.2 s ~ 100 s; Fashion statistics (124 + 120 points x 2 batches of 2048) ~ 25 s;
 classifier, reference statistics, 6 evaluations a run, MLflow ~ 50 s. Total ~ 5 min of the 8,
-so ~2x slower kernels than assumed still fit. Every size is a flag (``--help``); ``--smoke`` changes the defaults only.
+so ~2x slower kernels than assumed still fit. Part 4's inductor compile of a SongUNet forward +
+backward is typically 1-2 min on 16 cores (unmeasured here): ``--compile 0`` if time is short. Every size is a flag (``--help``); ``--smoke`` changes the defaults only.
 
 Dependencies on the device machine (torch 2.11, Python 3.12; it has numpy, einops, matplotlib,
 torchvision, tqdm, scipy, pillow, safetensors, pandas, pyarrow, pyyaml, requests): it lacks
 gin-config, MLflow and clean-fid, which must be carried as wheels (see the device README). Parts
 1-2 (``--parts network``) need only gin-config, because ``precondlab.registry`` imports gin.
-Part 3 also needs clean-fid (``precondlab.evaluation`` imports it at module level) and MLflow with
+Part 3 also needs clean-fid (the FID code imports it where it computes) and MLflow with
 its SQLite store; what part 3 imported here that the device image lacks: gin-config, clean-fid,
 mlflow, mlflow-skinny, mlflow-tracing, SQLAlchemy, alembic, Mako, sqlparse, cachetools,
 databricks-sdk, google-auth, cryptography, cffi, fastapi, starlette, pydantic, pydantic-core,
@@ -96,6 +103,8 @@ GPU = dict(
     distill_steps=250, distill_batch=128, eval_every=50,
     fid_samples=5000, fid_reference=10000, classifier_steps=2000,
     fashion_stats_batch=2048, fashion_stats_points=None, fashion_stats_samples=None,  # None: the gin's 120 x 4096
+    # part 4 (last, so a run cut short keeps parts 1-3): part 1's CTM step under torch.compile
+    compile=1, compile_backend="inductor",
 )
 SMOKE = dict(
     GPU, device="cpu", threads=1,  # one thread: OpenMP spinning on a shared 2-core CPU cost 10x here
@@ -106,6 +115,7 @@ SMOKE = dict(
     distill_steps=4, distill_batch=4, eval_every=2,
     fid_samples=16, fid_reference=64, classifier_steps=5,
     fashion_stats_batch=8, fashion_stats_points=6, fashion_stats_samples=16,
+    compile_backend="aot_eager",  # traces the same code; inductor's C++ build takes minutes on a CPU
 )
 SMOKE_FASHION_BINDINGS = [  # tiny evaluator sizes (as tests/image_fixtures.py)
     "image_evaluator.num_align = 4", "image_evaluator.grid_images = 4", "image_evaluator.batch_size = 4",
@@ -165,8 +175,11 @@ class RandomImages:
 
 
 # -- parts 1 and 2: the CIFAR-size network teacher -----------------------------------------------
-def ctm_step_timing(a, teacher, precond, device) -> dict:
-    """Experiment._train's loop body at the CIFAR sizes: warm-up, then timed steps."""
+def ctm_step_timing(a, teacher, precond, device, compile: bool = False) -> dict:
+    """Experiment._train's loop body at the CIFAR sizes: warm-up, then timed steps. With
+    ``compile``, student, EMA target and teacher network go through torch.compile as
+    ``experiment.compile = True`` does (the teacher's network stays compiled afterwards)."""
+    from precondlab.experiment import compile_in_place
     from precondlab.nets.songunet import SongUNetStudent, init_from_teacher
     from precondlab.training.losses import pseudo_huber
     from precondlab.training.objectives import CTMObjective
@@ -183,6 +196,8 @@ def ctm_step_timing(a, teacher, precond, device) -> dict:
     if device.type == "cuda":
         student = student.to(memory_format=torch.channels_last)
     target = copy.deepcopy(student).requires_grad_(False)
+    if compile:
+        compile_in_place((student, target, teacher.net), a.compile_backend)
     optimizer = torch.optim.Adam(student.parameters(), lr=4e-4)
     use_bf16 = a.amp == "bf16" or (a.amp == "auto" and device.type == "cuda")
     gen = torch.Generator(device=device).manual_seed(0)
@@ -191,7 +206,9 @@ def ctm_step_timing(a, teacher, precond, device) -> dict:
 
     def step():
         nonlocal bad
-        x0 = teacher.sample_x0(a.batch, data_gen).to(device=device, dtype=torch.float32)
+        x0 = teacher.sample_x0(a.batch, data_gen).to(torch.float32)
+        if device.type == "cuda":  # as Experiment._train: a queued copy from pinned memory
+            x0 = x0.pin_memory().to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             loss, _ = objective(student, target, precond, teacher, x0, gen)
         bad = ~torch.isfinite(loss.detach()) if bad is None else bad | ~torch.isfinite(loss.detach())
@@ -203,7 +220,11 @@ def ctm_step_timing(a, teacher, precond, device) -> dict:
             for p_t, p in zip(target.parameters(), student.parameters()):
                 p_t.lerp_(p, 1 - 0.999)
 
-    for _ in range(a.warmup):
+    t0 = time.perf_counter()
+    step()  # with compile: tracing and code generation happen here
+    sync(device)
+    first_step = time.perf_counter() - t0
+    for _ in range(a.warmup - 1):
         step()
     sync(device)
     if device.type == "cuda":
@@ -214,7 +235,8 @@ def ctm_step_timing(a, teacher, precond, device) -> dict:
     sync(device)
     seconds = (time.perf_counter() - t0) / a.steps
     out = {"ms_per_step": 1000 * seconds, "images_per_s": a.batch / seconds, "batch": a.batch,
-           "timed_steps": a.steps, "warmup_steps": a.warmup, "bf16_autocast": use_bf16,
+           "timed_steps": a.steps, "warmup_steps": a.warmup, "first_step_seconds": first_step,
+           "compiled": compile, "bf16_autocast": use_bf16,
            "loss_finite": not bool(bad), "student_parameters": sum(p.numel() for p in student.parameters()),
            "tensors_copied_from_teacher": len(copied)}
     if device.type == "cuda":
@@ -222,7 +244,8 @@ def ctm_step_timing(a, teacher, precond, device) -> dict:
     return out
 
 
-def bench_network(a, device, report, save) -> None:
+def bench_network(a, device, report, save):
+    """Parts 1 and 2; returns the teacher and the fitted Analytic preconditioner for part 4."""
     from precondlab.nets.songunet import SongUNet
     from precondlab.odes.analytic import AnalyticODE
     from precondlab.preconditioners.analytic import AnalyticPrecond
@@ -299,6 +322,26 @@ def bench_network(a, device, report, save) -> None:
     print(f"   EXTRAPOLATED ({how}): {t_full:.1f} s = {t_full / 60:.1f} min")
     print(f"   share of a full configured run: {t_full:.0f} s / ({t_full:.0f} s + {total_steps} steps x "
           f"{steps['analytic']['ms_per_step']:.0f} ms = {train_s / 3600:.2f} h) = {100 * stats['share_of_run']:.2f}%")
+    return teacher, analytic
+
+
+def bench_compile(a, teacher, analytic, device, report, save) -> None:
+    """Part 4: part 1's Analytic CTM step with student, EMA target and teacher compiled."""
+    eager = report["part1_training_throughput"]["analytic"]
+    log(f"torch.compile ({a.compile_backend}) of student, EMA target and teacher network ...")
+    compiled = ctm_step_timing(a, teacher, analytic, device, compile=True)
+    speedup = eager["ms_per_step"] / compiled["ms_per_step"]
+    breakeven = (compiled["first_step_seconds"] - eager["first_step_seconds"]) / max(
+        1e-9, (eager["ms_per_step"] - compiled["ms_per_step"]) / 1000)
+    report["part4_torch_compile"] = {"backend": a.compile_backend, "eager": eager, "compiled": compiled,
+                                     "speedup": speedup, "breakeven_steps": breakeven if speedup > 1 else None}
+    save()
+    print(f"\n== 4. torch.compile (backend {a.compile_backend}) of the Analytic CTM step of part 1")
+    for name, r in (("eager", eager), ("compiled", compiled)):
+        print(f"   {name:<9} {r['images_per_s']:9.1f} images/s  {r['ms_per_step']:9.1f} ms/step, "
+              f"first step {r['first_step_seconds']:.1f} s")
+    print(f"   speed-up {speedup:.2f}x" + (f"; compile time repaid after {breakeven:.0f} steps" if speedup > 1
+                                         else "; does not pay at these sizes"))
 
 
 # -- part 3: Fashion-MNIST ---------------------------------------------------------------------
@@ -449,9 +492,11 @@ def main() -> None:
             except DatasetError as exc:
                 sys.exit(f"gpu_image.py: {exc} (or pass --data-dir; --parts network needs no data)")
         if "network" in parts:
-            bench_network(a, device, report, save)
+            teacher, analytic = bench_network(a, device, report, save)
         if "fashion" in parts:
             bench_fashion(a, tmp, report, save)
+        if "network" in parts and a.compile:
+            bench_compile(a, teacher, analytic, device, report, save)
     finally:
         save()
         if a.keep_tmp:

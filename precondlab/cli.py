@@ -62,8 +62,7 @@ def cmd_gap(args) -> int:
     from precondlab import experiment, registry
     from precondlab.gap import GapEstimator, check_pair, parse_pairs
     pairs = parse_pairs(args.pairs)
-    _load(args)
-    teacher = experiment.Experiment().teacher
+    teacher = experiment.build(_load(args)).teacher
     for t, s in pairs:
         check_pair(t, s, teacher.schedule)
     names = args.preconditioners.split(",") if args.preconditioners else [
@@ -163,13 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_train_teacher)
 
     args = parser.parse_args(argv)
-    from precondlab.config import ConfigError
+    from precondlab.errors import UserInputError, user_message
     from precondlab.registry import UnknownEntryError
     from precondlab.tracking import TrackingError
     try:
         return args.func(args)
-    except (ConfigError, UnknownEntryError, TrackingError, ValueError, FileNotFoundError) as exc:
-        print(f"precondlab: error: {exc}", file=sys.stderr)
+    except (UserInputError, UnknownEntryError, TrackingError, ValueError, FileNotFoundError) as exc:
+        # UserInputError: ConfigError, and a missing or broken dataset (DatasetError), checkpoint
+        # (CheckpointError) or FID weights file (FeatureExtractorError), also when raised inside a
+        # run, whose MLflow run experiment.run has then marked FAILED. The message says what to do.
+        print(f"precondlab: error: {user_message(exc)}", file=sys.stderr)
         return 2
     except FloatingPointError as exc:
         print(f"precondlab: run failed: {exc}", file=sys.stderr)

@@ -15,11 +15,12 @@ from pathlib import Path
 import gin
 
 from precondlab import registry
+from precondlab.errors import UserInputError
 
 REF = re.compile(r"@([A-Za-z_][\w.]*)")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserInputError, ValueError):
     """A gin file or binding that cannot be used; the message names file and line."""
 
 

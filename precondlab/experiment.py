@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -18,12 +19,10 @@ import torch
 
 from precondlab import plots, tracking
 from precondlab.config import ConfigError, ParsedConfig
+from precondlab.errors import NonFiniteLossError, UserInputError
+from precondlab.fileio import atomic_write
 from precondlab.gap import GapEstimator
 from precondlab.metrics import Evaluator
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite: the run stops, is marked FAILED, the last good checkpoint is kept."""
 
 
 @gin.configurable("experiment")
@@ -45,6 +44,9 @@ class Experiment:
     device: str = "cpu"
     amp: str = "auto"                              # 'bf16' autocast, 'off', or 'auto' (bf16 on CUDA)
     init_from_teacher: bool = True                 # copy matching teacher tensors into the student (CTM)
+    compile: bool = False                          # torch.compile student, EMA target and teacher network
+    compile_backend: str = "inductor"              # torch.compile backend ('aot_eager': tracing only, no codegen)
+    compile_mode: str | None = None                # e.g. 'max-autotune' (inductor only)
     name: str = ""                                 # MLflow run name (default: preconditioner + seed)
     evaluator: Evaluator = field(default_factory=Evaluator)
 
@@ -75,22 +77,48 @@ def flatten_operative(text: str) -> dict:
     return params
 
 
+def compile_in_place(modules, backend: str = "inductor", mode: str | None = None) -> int:
+    """torch.compile each module in place (nn.Module.compile), so state_dict() names, the EMA's
+    parameter pairs and checkpoints are those of the eager modules. Returns how many it compiled.
+    Off by default: benchmarks/gpu_image.py (part 4) and toy_run_time.py --binding measure
+    whether it pays."""
+    # The adaptive DSM weight differentiates the student's graph twice (retain_graph=True), which
+    # AOTAutograd's donated buffers forbid.
+    import torch._functorch.config
+    torch._functorch.config.donated_buffer = False
+    done = 0
+    for module in modules:
+        if isinstance(module, torch.nn.Module):
+            module.compile(backend=backend, mode=mode)
+            done += 1
+    return done
+
+
 def _checkpoint(path: Path, step: int, student, target, optimizer) -> Path:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"step": step, "student": student.state_dict(), "target": target.state_dict(),
-                "optimizer": optimizer.state_dict()}, tmp)
-    tmp.replace(path)  # atomic: a crash mid-write never clobbers the last good checkpoint
+    with atomic_write(path) as tmp:  # a crash mid-write never clobbers the last good checkpoint
+        torch.save({"step": step, "student": student.state_dict(), "target": target.state_dict(),
+                    "optimizer": optimizer.state_dict()}, tmp)
     return path
+
+
+def build(config: ParsedConfig | None = None) -> Experiment:
+    """``Experiment()`` from gin's bindings. A missing dataset, checkpoint or weights file
+    (``UserInputError``) keeps its own message; any other construction error becomes a
+    ``ConfigError`` naming the config files."""
+    try:
+        return Experiment()
+    except UserInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - gin wraps missing bindings and constructor errors
+        origin = ", ".join(config.files) if config is not None and config.files else "config"
+        raise ConfigError(f"{origin}: {str(exc).strip()}") from None
 
 
 def run(config: ParsedConfig, tracking_uri: str | None = None, experiment_name: str = tracking.DEFAULT_EXPERIMENT,
         progress: bool = True, report: Callable[[int, dict], None] | None = None,
         parent_run_id: str | None = None, tags: dict | None = None, out_dir: str | Path | None = None) -> RunResult:
     """Run the experiment gin describes; every exception marks the MLflow run FAILED and is re-raised."""
-    try:
-        exp = Experiment()
-    except Exception as exc:  # noqa: BLE001 - gin wraps missing bindings and constructor errors
-        raise ConfigError(f"{', '.join(config.files) or 'config'}: {str(exc).strip()}") from None
+    exp = build(config)
     client, uri, exp_id = tracking.connect(tracking_uri, experiment_name)
     name = exp.name or f"{type(exp.preconditioner).__name__}-seed{exp.seed}"
     log = tracking.RunLogger(client, exp_id, run_name=name, tags=tags, parent_run_id=parent_run_id)
@@ -124,15 +152,27 @@ def _train(exp: Experiment, config: ParsedConfig, log, out: Path, progress: bool
                 **{f"precond.{k}": v for k, v in precond.describe().items()},
                 **flatten_operative(operative_before)})
 
+    # The evaluator first (fixed noise, teacher references, FID feature extractor and reference
+    # statistics): a missing Inception file or dataset fails here, in seconds, not after the
+    # statistics. The global RNG is forked so that its draws (clean-fid's latents when reference
+    # statistics are computed rather than read from the cache) change nothing that follows.
+    grid = objective.grid(teacher.schedule, "cpu", torch.float64)
+    with torch.random.fork_rng(devices=[]):
+        exp.evaluator.setup(teacher, grid)
+    eval_info = getattr(exp.evaluator, "info", None)
+    if eval_info:  # the same eval.* params log_artifacts logs at the end, so a failed run has them
+        log.params({f"eval.{k}": v for k, v in eval_info.items()})
+
     # Statistics (Analytic-Precond) and the preconditioning's exact gaps, both logged once.
     t0 = time.perf_counter()
     precond.fit(teacher)
     stats_seconds = time.perf_counter() - t0
     coeffs = getattr(precond, "coeffs", None)
-    log.metrics({"stats/seconds": stats_seconds,
-                 **({"stats/denoiser_evals": coeffs.info["denoiser_evals"]}
-                    if coeffs is not None and "denoiser_evals" in coeffs.info else {})}, step=0)
-    grid = objective.grid(teacher.schedule, "cpu", torch.float64)
+    info = coeffs.info if coeffs is not None else {}
+    log.metrics({"stats/seconds": stats_seconds,  # this run's cost: a cache hit's is its load time
+                 **({"stats/denoiser_evals": info["denoiser_evals"]} if "denoiser_evals" in info else {}),
+                 **({"stats/cached": float(info["cached"]), "stats/estimate_seconds": info["seconds"]}
+                    if "cached" in info and "seconds" in info else {})}, step=0)
     precond.tabulate(grid)
     log.figure(plots.coefficients(precond, grid), "coefficients.png")
     if coeffs is not None:
@@ -147,16 +187,25 @@ def _train(exp: Experiment, config: ParsedConfig, log, out: Path, progress: bool
     if exp.init_from_teacher and hasattr(teacher, "net"):
         from precondlab.nets.songunet import init_from_teacher
         copied, _ = init_from_teacher(student, teacher.net)
-        log.params({"student_init_copied_tensors": len(copied)})
+        source = teacher.net.state_dict()
+        fraction = sum(source[k].numel() for k in copied) / max(1, sum(v.numel() for v in source.values()))
+        log.params({"student_init_copied_tensors": len(copied), "student_init_copied_fraction": round(fraction, 4)})
+        if fraction < 0.9:  # e.g. a CIFAR-size student on a small teacher: CTM's init did not happen
+            warnings.warn(f"init_from_teacher copied only {100 * fraction:.1f}% of the teacher's weights into "
+                          f"the student: give the student the teacher's architecture (student.songunet.*), "
+                          f"or set experiment.init_from_teacher = False to silence this", stacklevel=2)
     student = student.to(device)
     if device.type == "cuda" and len(teacher.shape) == 3:
         student = student.to(memory_format=torch.channels_last)
     use_bf16 = exp.amp == "bf16" or (exp.amp == "auto" and device.type == "cuda")
     target = copy.deepcopy(student).requires_grad_(False)
+    if exp.compile:  # after the deepcopy: the EMA target gets its own compiled callable
+        compiled = compile_in_place((student, target, getattr(teacher, "net", None)),
+                                    exp.compile_backend, exp.compile_mode)
+        log.params({"compiled_modules": compiled})
     optimizer = torch.optim.Adam(student.parameters(), lr=exp.lr)
     gen = torch.Generator(device=device).manual_seed(exp.seed)
     data_gen = torch.Generator().manual_seed(exp.seed + 1)
-    exp.evaluator.setup(teacher, grid)
     log.params({"student_parameters": sum(p.numel() for p in student.parameters())})
 
     history, ckpt_path, ckpt = [], out / "checkpoint.pt", None
@@ -178,7 +227,10 @@ def _train(exp: Experiment, config: ParsedConfig, log, out: Path, progress: bool
     train_start = time.perf_counter()
     bad = None
     for step in range(1, exp.steps + 1):
-        x0 = teacher.sample_x0(exp.batch_size, data_gen).to(device=device, dtype=torch.float32)
+        x0 = teacher.sample_x0(exp.batch_size, data_gen).to(torch.float32)
+        if device.type == "cuda":  # from pinned memory the copy is queued, not waited for
+            x0 = x0.pin_memory().to(device, non_blocking=True)
+        x0 = x0.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             loss, logs = objective(student, target, precond, teacher, x0, gen)
         # On CUDA the finiteness check (a host sync) runs at log and checkpoint steps only; a

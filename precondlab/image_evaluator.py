@@ -39,6 +39,14 @@ class ImageEvaluator:
 
     def setup(self, teacher, train_grid=None):
         self.teacher = teacher
+        if self.fid is not None:
+            # First, so that a missing Inception file or dataset fails before the teacher's Heun
+            # references: the feature extractor, the reference statistics (and the substitute
+            # classifier, if it must be trained) now, with autograd on, not inside an evaluation.
+            self.fid.setup(getattr(teacher, "dataset", None))
+            self.fid.reference_stats()
+            self.info.update(self.fid.info)
+            self.info.update(self.fid.describe())  # logged as eval.* right after setup
         sched = teacher.schedule
         gen = torch.Generator().manual_seed(self.seed)
         self.z = torch.randn(self.num_align, *teacher.shape, generator=gen)
@@ -46,12 +54,6 @@ class ImageEvaluator:
         with torch.no_grad():
             self.reference = torch.cat([solve(teacher, sched.sigma_max * z, ts, "heun")
                                         for z in self.z.split(self.batch_size)])
-        if self.fid is not None:
-            # Reference statistics (and the substitute classifier, if it must be trained) now,
-            # with autograd on, rather than inside an evaluation.
-            self.fid.setup(getattr(teacher, "dataset", None))
-            self.fid.reference_stats()
-            self.info.update(self.fid.info)
         return self
 
     def _sample(self, precond, net, nfe, z, device):

@@ -8,13 +8,15 @@ lambda(sigma) |D(x; sigma) - y|^2 with lambda(sigma) = (sigma^2 + sd^2) / (sigma
 makes the loss about 1 per pixel at initialisation whatever sigma. Adam; an EMA of the weights
 is what gets saved (with a warm-up, (1 + step) / (10 + step), so short runs save a trained net).
 
-Output, both written atomically (temp file + rename), the sidecar first:
+Output, both written atomically (temp file + rename), the weights first:
 
 * ``PATH`` (.pt, or .safetensors): the EMA network as a flat ``{name: tensor}`` state dict with
   SongUNet's (EDM's) names, what ``teacher.state_dict`` loads weights-only;
 * ``PATH`` with suffix ``.json``: the sidecar ``{"format": "precondlab.songunet_teacher/1",
-  "songunet": {constructor kwargs}, "precond": "edm", "sigma_data": ..., training summary}``,
-  which ``teacher.state_dict`` reads by itself, so a config needs only::
+  "songunet": {constructor kwargs}, "precond": "edm", "sigma_data": ..., "weights_bytes": ...,
+  "weights_sha256": ..., training summary}``, which ``teacher.state_dict`` reads by itself (and
+  refuses when the weights' size or sha256 differ: a sidecar left from another checkpoint, or a
+  run stopped between the two writes), so a config needs only::
 
       teacher.state_dict.path = 'checkpoints/fashion-teacher.pt'
       teacher.state_dict.dataset = @dataset.fashion_mnist()
@@ -28,9 +30,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +39,11 @@ from typing import Any, Callable, Sequence
 import gin
 import torch
 
+from precondlab.errors import NonFiniteLossError, UserInputError
+from precondlab.fileio import atomic_write
 from precondlab.nets.songunet import SongUNet
 from precondlab.preconditioners.base import edm_scalings
-from precondlab.teachers.state_dict import SIDECAR_FORMAT, sidecar_path
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite: training stops and the last good checkpoint is kept."""
+from precondlab.teachers.state_dict import SIDECAR_FORMAT, file_sha256, sidecar_path
 
 
 @gin.configurable("teacher_net")
@@ -102,37 +100,28 @@ def edm_loss(net: SongUNet, y: torch.Tensor, sigma_data: float = 0.5, P_mean: fl
     return (weight.reshape(b) * (D - y) ** 2).mean()
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """write(tmp) then rename over ``path``: a crash never leaves a half file under the name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_teacher(path: str | Path, net: torch.nn.Module, songunet_kwargs: dict, meta: dict | None = None,
                  sigma_data: float = 0.5) -> tuple[Path, Path]:
-    """Write the sidecar JSON, then the weights (.pt flat state dict or .safetensors), each atomically."""
+    """Write the weights (.pt flat state dict or .safetensors), then the sidecar JSON recording
+    their size and sha256, each atomically: the sidecar on disk always describes the weights
+    beside it, or (a run stopped between the two writes) the loader sees that it does not."""
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
     side = sidecar_path(path)
     if side == path:
         raise ValueError(f"the teacher checkpoint must not be a .json file: {path}")
-    sidecar = {"format": SIDECAR_FORMAT, "weights": path.name, "songunet": songunet_kwargs,
+    with atomic_write(path) as tmp:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+            save_file(tensors, str(tmp))
+        else:
+            torch.save(tensors, tmp)
+    sidecar = {"format": SIDECAR_FORMAT, "weights": path.name, "weights_bytes": path.stat().st_size,
+               "weights_sha256": file_sha256(path), "songunet": songunet_kwargs,
                "precond": "edm", "sigma_data": float(sigma_data), **(meta or {})}
     text = json.dumps(sidecar, indent=1, default=str)
-    _atomic_write(side, lambda tmp: Path(tmp).write_text(text))
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-        _atomic_write(path, lambda tmp: save_file(tensors, tmp))
-    else:
-        _atomic_write(path, lambda tmp: torch.save(tensors, tmp))
+    with atomic_write(side) as tmp:
+        tmp.write_text(text)
     return path, side
 
 
@@ -352,11 +341,9 @@ class TeacherTraining:
 def train_teacher(config=None, **run_kwargs) -> TeacherTrainingResult:
     """Build ``teacher_training`` from the parsed gin config and run it (``run_kwargs`` go to run())."""
     from precondlab.config import ConfigError
-    from precondlab.data.images import DatasetError
-    from precondlab.teachers.edm_pkl import CheckpointError
     try:
         job = TeacherTraining()
-    except (DatasetError, CheckpointError):
+    except UserInputError:  # a missing dataset or checkpoint: its own message says what to do
         raise
     except Exception as exc:  # noqa: BLE001 - gin wraps missing bindings and constructor errors
         origin = ", ".join(config.files) if config is not None and config.files else "config"
@@ -369,8 +356,7 @@ def train_teacher(config=None, **run_kwargs) -> TeacherTrainingResult:
 def main_args(args) -> int:
     """`precondlab train-teacher`: parse gin, train, print where the checkpoint is and how to use it."""
     from precondlab import config
-    from precondlab.data.images import DatasetError
-    from precondlab.teachers.edm_pkl import CheckpointError
+    from precondlab.errors import user_message
 
     files = list(args.config) + list(getattr(args, "gin_file", []) or [])
     if not files and not args.gin_bindings:
@@ -380,8 +366,8 @@ def main_args(args) -> int:
         result = train_teacher(cfg, output=args.output, tracking=False if args.no_tracking else None,
                                tracking_uri=args.tracking_uri, experiment_name=args.experiment,
                                progress=not args.no_progress)
-    except (DatasetError, CheckpointError) as exc:
-        print(f"precondlab: error: {exc}", file=sys.stderr)
+    except UserInputError as exc:  # also raised inside the run (e.g. the data): its MLflow run is FAILED
+        print(f"precondlab: error: {user_message(exc)}", file=sys.stderr)
         return 2
     s = result.summary()
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731

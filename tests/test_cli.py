@@ -77,6 +77,28 @@ def test_every_gin_file_runs(gin_file, tmp_path):
     runs = runs_in(tmp_path / "mlruns.db")           # the default store: ./mlruns.db
     assert [r.info.status for r in runs] == ["FINISHED"]
     assert (tmp_path / "mlartifacts").is_dir()
+    if not gin_file.name.startswith("toy_"):  # the tiny student has the fixture teacher's architecture
+        assert runs[0].data.params["student_init_copied_fraction"] == "1.0"
+
+
+@pytest.mark.parametrize("name", ["fashion_ctm.gin", "fashion_analytic.gin"])
+def test_fashion_students_have_the_fashion_teachers_architecture(name):
+    """CTM initialises the student from the teacher: the fashion files' student must have
+    gin/teachers/fashion_teacher.gin's network sizes (else only FIR buffers are copied), and they
+    run on this CPU-only machine by default."""
+    import gin
+
+    from precondlab import config, experiment, teacher_training  # noqa: F401 (their configurables)
+    keys = ("model_channels", "channel_mult", "num_blocks", "attn_resolutions", "dropout")
+    config.load([str(GIN / "teachers/fashion_teacher.gin")])
+    teacher = {k: gin.get_bindings("teacher_net")[k] for k in keys}
+    gin.clear_config()
+    config.load([str(GIN / name)])
+    student = {k: gin.get_bindings("student.songunet")[k] for k in keys}
+    device = gin.query_parameter("%DEVICE")
+    gin.clear_config()
+    assert student == teacher
+    assert device == "cpu"
 
 
 def test_unknown_name_in_a_gin_file(tmp_path):
@@ -123,3 +145,67 @@ def test_tracking_uri_from_the_environment(tmp_path):
                              env={**__import__("os").environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}"})
     assert env_run.returncode == 0, env_run.stderr[-2000:]
     assert [r.info.status for r in runs_in(db)] == ["FINISHED"]
+
+
+# --- a missing dataset, checkpoint or FID weights file: one message, exit 2, no traceback --------
+
+
+def test_user_input_errors_share_one_base_and_keep_theirs():
+    from precondlab.config import ConfigError
+    from precondlab.data.images import DatasetError
+    from precondlab.errors import UserInputError, user_message
+    from precondlab.evaluation.features import FeatureExtractorError
+    from precondlab.teachers.edm_pkl import CheckpointError
+    for cls in (ConfigError, DatasetError, CheckpointError, FeatureExtractorError):
+        assert issubclass(cls, UserInputError), cls
+    assert issubclass(CheckpointError, RuntimeError) and issubclass(ConfigError, ValueError)
+    gin_wrapped = CheckpointError("x.pkl not found; download it.\n  In call to configurable 'edm_pkl' (<function f>)")
+    assert user_message(gin_wrapped) == "x.pkl not found; download it."
+
+
+def _image_args(tmp_path, gin_name, extra):
+    from image_fixtures import tiny_image_bindings, write_cifar_fixture
+    pkl, data = write_cifar_fixture(tmp_path)
+    bindings = tiny_image_bindings(tmp_path / "fid-cache") + [
+        f"TEACHER_PKL = '{pkl}'", f"DATA_DIR = '{data}'", f"ode.analytic.cache_dir = '{tmp_path / 'stats'}'", *extra]
+    return [str(GIN / gin_name)] + [a for b in bindings for a in ("--gin_bindings", b)]
+
+
+def test_missing_inception_weights_fail_before_the_statistics_and_the_run_is_failed(tmp_path):
+    args = _image_args(tmp_path, "cifar_analytic.gin", ["fid.feature_extractor = 'inception'",
+                                                       f"fid.inception_path = '{tmp_path / 'weights'}'"])
+    out = cli("run", *args, "--no-progress", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and "In call to configurable" not in out.stderr
+    assert "Inception weights for FID not found" in out.stderr
+    assert str(tmp_path / "weights" / "inception-2015-12-05.pt") in out.stderr
+    (run,) = runs_in(tmp_path / "mlruns.db")
+    assert run.info.status == "FAILED" and "FeatureExtractorError" in run.data.tags["error"]
+    # The evaluator is set up before the Analytic statistics: none were computed.
+    assert "stats/seconds" not in run.data.metrics
+    assert not (tmp_path / "stats").exists() or not any((tmp_path / "stats").iterdir())
+
+
+def test_gap_with_a_missing_checkpoint_or_dataset(tmp_path):
+    args = _image_args(tmp_path, "cifar_ctm.gin", [f"TEACHER_PKL = '{tmp_path / 'absent.pkl'}'"])
+    out = cli("gap", *args, "--samples", "4", "--preconditioners", "ctm", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and f"EDM checkpoint not found: {tmp_path / 'absent.pkl'}" in out.stderr
+    args = _image_args(tmp_path, "cifar_ctm.gin", [f"DATA_DIR = '{tmp_path / 'no-data'}'", "dataset.cifar10.download = False"])
+    out = cli("gap", *args, "--samples", "4", "--preconditioners", "ctm", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and str(tmp_path / "no-data") in out.stderr
+
+
+def test_a_dataset_of_another_shape_than_the_teacher_is_one_message(tmp_path):
+    from test_datasets import write_fmnist
+    write_fmnist(tmp_path / "fmnist")
+    args = _image_args(tmp_path, "cifar_ctm.gin", ["teacher.edm_pkl.dataset = @dataset.fashion_mnist()",
+                                                  f"dataset.fashion_mnist.data_dir = '{tmp_path / 'fmnist'}'",
+                                                  "dataset.fashion_mnist.system_dir = None"])
+    out = cli("run", *args, "--no-progress", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    assert "(3, 32, 32)" in out.stderr and "dataset.fashion_mnist" in out.stderr and "(1, 32, 32)" in out.stderr
+    assert "edm-tiny-cifar10-32x32-vp.pkl" in out.stderr
+    assert not (tmp_path / "mlruns.db").exists()   # refused while building the experiment: no run

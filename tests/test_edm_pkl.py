@@ -294,3 +294,36 @@ def test_state_dict_teacher_pt_and_safetensors(tmp_path, written):
         state_dict_teacher(str(tmp_path / "evil.pt"), **kwargs)
     with pytest.raises(CheckpointError, match="not found"):
         state_dict_teacher(str(tmp_path / "absent.pt"), **kwargs)
+
+
+# -- a dataset whose images the network cannot take ----------------------------------------------
+def test_a_dataset_of_another_shape_fails_at_construction(tmp_path, written):
+    from test_datasets import write_fmnist
+
+    from precondlab.config import ConfigError
+    from precondlab.data import FashionMNIST
+    from precondlab.data.images import ImageDataset
+
+    write_fmnist(tmp_path / "fmnist")
+    gray8 = FashionMNIST(data_dir=tmp_path / "fmnist", resolution=8, resize="bilinear", system_dir=None)
+    path = written["VPPrecond"]
+    with pytest.raises(ConfigError) as info:   # the network is 3x8x8 (a "CIFAR" teacher), the data 1x8x8
+        edm_pkl(str(path), dataset=gray8)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: ") and "(3, 8, 8)" in msg and "(1, 8, 8)" in msg
+    assert "dataset.fashion_mnist (fashion_mnist-train)" in msg and "3-channel dataset" in msg
+    gray32 = FashionMNIST(data_dir=tmp_path / "fmnist", resolution=32, system_dir=None)
+    with pytest.raises(ValueError, match=r"dataset\.fashion_mnist\.resolution = 8\. .*3-channel"):
+        edm_pkl(str(path), dataset=gray32)
+
+    # The state-dict teacher shares the check; a dataset of the right shape passes.
+    kwargs = {k: MODEL_KWARGS[k] for k in ("img_resolution", "in_channels", "model_channels", "channel_mult",
+                                           "num_blocks", "attn_resolutions", "augment_dim")}
+    torch.save(written["net"].state_dict(), tmp_path / "w.pt")
+    rgb16 = ImageDataset(torch.zeros(2, 3, 16, 16, dtype=torch.uint8), name="rgb16")
+    with pytest.raises(ConfigError, match=r"w\.pt: .*\(3, 8, 8\), but ImageDataset \(rgb16\) gives \(3, 16, 16\)\. "
+                                          r"Bind 8x8 images"):
+        state_dict_teacher(str(tmp_path / "w.pt"), precond="vp", dataset=rgb16, **kwargs)
+    rgb8 = ImageDataset(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), name="rgb8")
+    teacher = state_dict_teacher(str(tmp_path / "w.pt"), precond="vp", dataset=rgb8, **kwargs)
+    assert teacher.sample_x0(2).shape == (2, 3, 8, 8) and teacher.source == str(tmp_path / "w.pt")

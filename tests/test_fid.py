@@ -138,6 +138,19 @@ def test_gin_binding_selects_classifier_and_trains_it_when_missing(tmp_path):
 # --- (c) Inception without weights: a clear error, no download -----------------------------------
 
 
+def test_weight_and_stats_urls_are_clean_fids_own():
+    # features.py / fid.py keep these as literals so that importing them needs no clean-fid
+    # (tests/test_imports.py); here they are checked against the installed clean-fid.
+    import inspect
+    from cleanfid import features as cleanfid_features
+    from cleanfid.downloads_helper import inception_url
+    from cleanfid.inception_pytorch import FID_WEIGHTS_URL
+    assert features_mod.INCEPTION_URL == inception_url
+    assert features_mod.INCEPTION_URL.endswith("/" + features_mod.INCEPTION_FILENAME)
+    assert features_mod.LEGACY_PYTORCH_URL == FID_WEIGHTS_URL
+    assert f'"{fid_mod.CLEANFID_STATS_URL}"' in inspect.getsource(cleanfid_features.get_reference_statistics)
+
+
 def test_inception_missing_weights_error_names_url_and_destination(tmp_path):
     target = tmp_path / "weights"
     with pytest.raises(FeatureExtractorError) as err:
@@ -221,3 +234,44 @@ def test_save_grid_writes_png_of_the_right_size(tmp_path):
     save_grid(torch.zeros(2, 1, 8, 8), tmp_path / "gray.png", nrow=8)
     with Image.open(tmp_path / "gray.png") as im:
         assert im.size == (2 * 10 + 2, 12) and np.asarray(im.convert("L")).max() == 128
+
+
+def test_failed_writes_leave_no_partial_files(toy_classifier, tmp_path, monkeypatch):
+    """A classifier or reference statistics that cannot be written completely leave neither the
+    file nor its temporary copy (nothing half-written a later run could pick up)."""
+    clf = save_classifier(toy_classifier, tmp_path / "clf.pt")
+
+    def half_torch_save(obj, f, *args, **kwargs):
+        with open(f, "wb") as out:
+            out.write(b"PK half")
+        raise OSError("No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", half_torch_save)
+        with pytest.raises(OSError, match="No space left"):
+            save_classifier(toy_classifier, tmp_path / "classifiers" / "c.pt")
+    assert list((tmp_path / "classifiers").iterdir()) == []
+
+    def half_savez(f, *args, **kwargs):
+        f.write(b"PK half")
+        raise OSError("No space left on device")
+
+    ev = FIDEvaluator(feature_extractor="classifier", classifier_path=str(clf), batch_size=10,
+                      cache_dir=str(tmp_path / "cache"), device="cpu")
+    monkeypatch.setattr(np, "savez", half_savez)
+    with pytest.raises(OSError, match="No space left"):
+        ev.reference_stats(two_class_dataset(n=12))
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_describe_holds_the_settings_a_value_depends_on(toy_classifier, tmp_path):
+    clf = save_classifier(toy_classifier, tmp_path / "clf.pt")
+    ev = FIDEvaluator(feature_extractor="classifier", classifier_path=str(clf), num_samples=6, batch_size=6,
+                      cache_dir=str(tmp_path / "cache"), device="cpu")
+    ev.reference_stats(two_class_dataset(n=12))
+    settings = ev.describe()
+    assert settings == {"fd_classifier_mode": "native", "fd_classifier_num_samples": 6,
+                        "fd_classifier_extractor": "classifier", "fd_classifier_label": CLASSIFIER_LABEL,
+                        "fd_classifier_reference": str(ev.reference_cache_path(two_class_dataset(n=12)))}
+    result = ev(lambda n: torch.rand(n, 1, 12, 12) * 2 - 1, tag="nfe1")
+    assert {k: v for k, v in result.items() if "/" not in k} == settings

@@ -96,6 +96,46 @@ def test_table_lookup_equals_integration(gmm8_coeffs):
     assert p._lookup(torch.tensor([2.515]), torch.tensor([0.002])) is None  # off-grid: integrated
 
 
+def test_on_grid_lookup_equals_the_checked_one_and_refuses_off_grid_times(gmm8_coeffs):
+    """Inside on_grid() (a training step) the table is read on the tensors' device with no host
+    round trip; values equal the checked lookup's, and an off-grid time fails loudly."""
+    grid = EDMSchedule().karras(18)
+    p = AnalyticPrecond(form="forward")
+    p.coeffs = gmm8_coeffs
+    p.tabulate(grid)
+    t, s = grid[[0, 3, 7, 10]].float(), grid[[5, 3, 17, 11]].float()
+    checked = p.fg(t, s)
+    with p.on_grid():
+        fast = p.fg(t, s)
+        with pytest.raises(RuntimeError, match="off the tabulated grid"):
+            p.fg(torch.tensor([2.515]), torch.tensor([0.002]))
+    assert not p._on_grid  # the promise ends with the block
+    for a, b in zip(fast, checked):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_training_steps_never_take_the_host_lookup(gmm8_coeffs, monkeypatch):
+    """A CTM and a CM step on Analytic-Precond use only on-grid device lookups: the host path
+    (._lookup, ._integrate) is never called."""
+    from precondlab.students.mlp import MLPStudent
+    from precondlab.training.objectives import CMObjective, CTMObjective
+
+    teacher = GMMTeacher(dim=8, num_components=4, seed=0)
+    for objective in (CTMObjective(num_timesteps=10), CMObjective(num_timesteps=10)):
+        p = AnalyticPrecond(form="backward")
+        p.coeffs = gmm8_coeffs
+        p.tabulate(objective.grid(p.schedule, "cpu", torch.float64))
+        for name in ("_lookup", "_integrate"):
+            monkeypatch.setattr(p, name, lambda *a, n=name: pytest.fail(f"{n} called in a training step"))
+        torch.manual_seed(0)
+        student = MLPStudent(dim=8, hidden=16, depth=2)
+        x0 = teacher.sample_x0(16, torch.Generator().manual_seed(0)).float()
+        loss, _ = objective(student, student, p, teacher, x0, torch.Generator().manual_seed(1))
+        loss.backward()
+        assert torch.isfinite(loss)
+
+
 def test_unfitted_analytic_says_what_to_do():
     p = AnalyticPrecond()
     with pytest.raises(RuntimeError, match="fit"):

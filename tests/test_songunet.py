@@ -116,3 +116,50 @@ def test_init_from_teacher_copies_matching_tensors():
     copied, skipped = init_from_teacher(_student(), {f"model.{k}": v for k, v in bigger.state_dict().items()})
     assert "map_layer0.weight" in skipped and "shape" in skipped["map_layer0.weight"]
     assert "enc.8x8_conv.weight" not in copied
+
+
+def test_compiles_without_graph_breaks_and_matches_eager():
+    """experiment.compile's path: the student traces as one graph (fullgraph=True fails on any
+    graph break) and gives the eager numbers, forward and gradients."""
+    import torch._dynamo
+
+    eager = _student()
+    _randomise(eager)
+    compiled = _student()
+    compiled.load_state_dict(eager.state_dict())
+    torch._dynamo.reset()
+    compiled.compile(backend="aot_eager", fullgraph=True)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    t, s = torch.tensor([0.3, -0.2]), torch.tensor([-0.5, -1.0])
+    out_e, out_c = eager(x, t, s), compiled(x, t, s)
+    torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-6)
+    out_e.square().sum().backward()
+    out_c.square().sum().backward()
+    for (name, p_e), p_c in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(p_c.grad, p_e.grad, rtol=1e-4, atol=1e-6, msg=name)
+    torch._dynamo.reset()
+
+
+def test_adaptive_dsm_weight_uses_the_output_convolution():
+    """CTM scales the DSM term by |grad_last L_ctm| / |grad_last L_dsm|: the UNet student names
+    its last layer, so the weight is adapted (not left at dsm_weight) and finite."""
+    from precondlab.preconditioners.ctm import CTMPrecond
+    from precondlab.teachers.gmm import GMMTeacher
+    from precondlab.training.objectives import CTMObjective
+
+    student = _student(dim=192).train()
+    assert student.last_layer() is student.dec["8x8_aux_conv"].weight
+    teacher = GMMTeacher(dim=192, num_components=2, seed=0)
+    objective = CTMObjective(num_timesteps=6, dsm_weight=1.0, dsm_adaptive=True)
+    x0 = teacher.sample_x0(4, torch.Generator().manual_seed(0)).float()
+    loss, logs = objective(student, student, CTMPrecond(), teacher, x0, torch.Generator().manual_seed(1))
+    assert torch.isfinite(loss) and torch.isfinite(logs["dsm_weight"])
+    assert float(logs["dsm_weight"]) != 1.0
+
+
+def test_student_rejects_images_of_another_size():
+    net = _student(dim=3 * 8 * 8)
+    with pytest.raises(ValueError, match=r"3x8x8 images .*\(4, 1, 8, 8\) \(64 per example\).*in_channels"):
+        net(torch.randn(4, 1, 8, 8), torch.rand(4), torch.rand(4))
+    with pytest.raises(ValueError, match=r"\(2, 768\)"):
+        net(torch.randn(2, 3 * 16 * 16), torch.rand(2), torch.rand(2))

@@ -65,6 +65,18 @@ def test_values_render_as_gin():
     assert sweep.render(0.001) == "0.001" and sweep.render(12) == "12" and sweep.render(True) == "True"
 
 
+def test_definitions_load_without_importing_ray():
+    # A fresh interpreter: Ray is imported only inside the functions that start or run trials.
+    code = ("import sys; import precondlab.sweep_spec as spec; "
+            f"spec.load({str(REPO / 'sweeps' / 'toy_precond.toml')!r}); "
+            "assert 'ray' not in sys.modules, 'sweep_spec'; "
+            "import precondlab.sweep, precondlab.sweep_trial; "
+            "assert 'ray' not in sys.modules, 'sweep'; "
+            "assert precondlab.sweep.load is spec.load and precondlab.sweep.SweepError is spec.SweepError")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.parametrize("body, match", [
     ('base = "x.gin"\nnum_sample = 3\n', r"unknown key 'num_sample' in the top level"),
     ('base = "x.gin"\n[space]\n"experiment.lr" = { choise = [1, 2] }\n', r"unknown key 'choise' in \[space\] 'experiment.lr'"),

@@ -174,3 +174,43 @@ def test_safetensors_output_and_preconditioning_match_the_teacher(tmp_path):
     from precondlab.teachers.edm_pkl import CheckpointError
     with pytest.raises(CheckpointError, match="do not fit"):
         state_dict_teacher(str(out), sidecar=None)
+
+
+def test_weights_are_written_before_their_sidecar_which_is_checked_on_load(tmp_path, monkeypatch):
+    from precondlab.teacher_training import save_teacher, teacher_net
+    from precondlab.teachers.edm_pkl import CheckpointError
+    from precondlab.teachers.state_dict import state_dict_teacher
+
+    torch.manual_seed(0)
+    net_a = teacher_net(img_resolution=8, in_channels=1, **TINY_NET)
+    out = tmp_path / "ckpt" / "t.pt"
+
+    def half_written(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"PK half a checkpoint")
+        raise OSError("No space left on device")
+
+    # A failure while the weights are written leaves nothing: no weights, no sidecar, no temp file.
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", half_written)
+        with pytest.raises(OSError, match="No space left"):
+            save_teacher(out, net_a, net_a.songunet_kwargs)
+    assert list(out.parent.iterdir()) == []
+
+    # The sidecar records the size and sha256 of the weights it describes.
+    save_teacher(out, net_a, net_a.songunet_kwargs)
+    side_a = out.with_suffix(".json").read_text()
+    meta = json.loads(side_a)
+    assert meta["weights_bytes"] == out.stat().st_size and len(meta["weights_sha256"]) == 64
+    assert state_dict_teacher(str(out)).shape == (1, 8, 8)
+
+    # New weights with the old sidecar (a run stopped between the two writes) are refused, clearly.
+    torch.manual_seed(1)
+    net_b = teacher_net(img_resolution=8, in_channels=1, **TINY_NET)
+    save_teacher(out, net_b, net_b.songunet_kwargs)
+    out.with_suffix(".json").write_text(side_a)
+    with pytest.raises(CheckpointError, match=r"t\.json does not describe the weights beside it: .*t\.pt has "
+                                              r"(sha256|\d+ bytes).*train-teacher --output"):
+        state_dict_teacher(str(out))
+    with pytest.raises(CheckpointError, match="does not describe"):
+        state_dict_teacher(str(out), sidecar=str(out.with_suffix(".json")))
+    assert sorted(p.name for p in out.parent.iterdir()) == ["t.json", "t.pt"]

@@ -81,3 +81,95 @@ def test_nan_stops_the_run_marks_it_failed_and_keeps_the_last_good_checkpoint(tr
     local = client.download_artifacts(runs[0].info.run_id, "checkpoints/checkpoint.pt")
     assert torch.load(local, weights_only=True)["step"] == 20           # the last good one
     assert "last good checkpoint" in str(err.value)
+
+
+def test_compile_option_traces_the_networks_and_changes_no_number(tracking_uri):
+    """experiment.compile goes through torch.compile (dynamo + AOTAutograd; the 'aot_eager'
+    backend skips C++ code generation, which only torch's own tests need) and the run's history
+    matches the eager run's: same seed, same data, same losses and metrics."""
+    import torch._dynamo
+
+    eager = _run(tracking_uri, "toy_ctm.gin", ["STEPS = 10"])
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = _run(tracking_uri, "toy_ctm.gin", ["STEPS = 10", "experiment.compile = True",
+                                                  "experiment.compile_backend = 'aot_eager'"])
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
+    assert MlflowClient(tracking_uri).get_run(compiled.run_id).data.params["compiled_modules"] == "2"
+    assert [step for step, _ in compiled.history] == [step for step, _ in eager.history]
+    for (_, a), (_, b) in zip(eager.history, compiled.history):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), key
+    torch._dynamo.reset()
+
+
+def test_one_non_finite_loss_error_for_runs_and_teacher_training():
+    from precondlab import errors, teacher_training
+    assert experiment.NonFiniteLossError is teacher_training.NonFiniteLossError is errors.NonFiniteLossError
+    assert issubclass(errors.NonFiniteLossError, FloatingPointError)
+
+
+def test_the_evaluator_is_set_up_before_the_statistics(tracking_uri, monkeypatch):
+    """A missing FID weights file or dataset fails before the (minutes long) Analytic statistics."""
+    from precondlab.evaluation.features import FeatureExtractorError
+    from precondlab.metrics import Evaluator
+
+    calls = []
+    analytic = registry.get("preconditioner", "analytic")
+    fit = analytic.fit
+
+    def fit_spy(self, teacher):
+        calls.append("fit")
+        return fit(self, teacher)
+
+    def missing_weights(self, teacher, grid=None):
+        calls.append("setup")
+        raise FeatureExtractorError("Inception weights for FID not found. Download ... and place the file at ...")
+
+    monkeypatch.setattr(analytic, "fit", fit_spy)
+    monkeypatch.setattr(Evaluator, "setup", missing_weights)
+    with pytest.raises(FeatureExtractorError, match="Inception weights"):
+        _run(tracking_uri)
+    assert calls == ["setup"]
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("precondlab").experiment_id])
+    assert run.info.status == "FAILED" and "FeatureExtractorError" in run.data.tags["error"]
+
+
+def test_image_evaluator_settings_are_logged_right_after_its_setup(tmp_path, tracking_uri, monkeypatch):
+    """A run that fails after the evaluator's setup still has its eval.* params (FD mode, samples, label)."""
+    from image_fixtures import tiny_image_bindings, write_fashion_fixture
+
+    from precondlab import plots
+    from precondlab.evaluation.features import CLASSIFIER_LABEL
+
+    ckpt, data = write_fashion_fixture(tmp_path)
+    cfg = config.load([str(GIN / "fashion_ctm.gin")], tiny_image_bindings(tmp_path / "fid-cache") + [
+        f"TEACHER_CKPT = '{ckpt}'", f"dataset.fashion_mnist.data_dir = '{data}'",
+        "dataset.fashion_mnist.system_dir = None"])
+
+    def broken_plot(*args, **kwargs):
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr(plots, "coefficients", broken_plot)
+    with pytest.raises(RuntimeError, match="plotting failed"):
+        experiment.run(cfg, tracking_uri=tracking_uri, progress=False)
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("precondlab").experiment_id])
+    params = run.data.params
+    assert run.info.status == "FAILED"
+    assert params["eval.fd_classifier_mode"] == "native" and params["eval.fd_classifier_num_samples"] == "8"
+    assert params["eval.fd_classifier_label"] == CLASSIFIER_LABEL[:6000]
+    assert params["eval.fd_classifier_extractor"] == "classifier" and "eval.fd_classifier_reference" in params
+
+
+def test_a_statistics_cache_hit_is_logged_with_the_original_cost(tracking_uri, tmp_path):
+    extra = ["STEPS = 2", f"ode.analytic.cache_dir = '{tmp_path / 'stats'}'"]
+    first, second = _run(tracking_uri, extra=extra), _run(tracking_uri, extra=extra)
+    client = MlflowClient(tracking_uri)
+    m1, m2 = (client.get_run(r.run_id).data.metrics for r in (first, second))
+    assert (m1["stats/cached"], m2["stats/cached"]) == (0.0, 1.0)
+    assert m2["stats/estimate_seconds"] == m1["stats/estimate_seconds"]  # the cost of the estimate, kept
+    assert 0 < m1["stats/estimate_seconds"] <= m1["stats/seconds"]
+    assert first.history == second.history  # the cached statistics are the estimated ones

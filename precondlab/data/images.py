@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -17,10 +16,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from precondlab.errors import UserInputError
+from precondlab.fileio import atomic_write
+
 DATA_ENV = "PRECONDLAB_DATA"
 
 
-class DatasetError(Exception):
+class DatasetError(UserInputError):
     """A data file is missing or corrupt; the message names it, where it was sought, and the fix."""
 
 
@@ -131,27 +133,21 @@ def download(url: str,
     """
     dest = Path(dest)
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
-    except OSError as exc:
+        # atomic_write: a temp file beside dest, renamed over it only when the block succeeds and
+        # deleted on any failure (also Ctrl-C), so readers never see a half file.
+        with atomic_write(dest) as tmp:
+            with open(tmp, "wb") as out:
+                try:
+                    with urllib.request.urlopen(url, timeout=timeout) as response:
+                        shutil.copyfileobj(response, out, 1 << 20)
+                except (OSError, ValueError) as exc:  # URLError, timeouts and resets are OSErrors
+                    raise DatasetError(f"Could not download {url} ({exc}); the machine seems offline. "
+                                       f"{what_to_do}") from exc
+            actual = file_md5(tmp)
+            if actual != md5.lower():
+                raise DatasetError(f"Checksum mismatch for {url}: md5 {actual}, expected {md5}; the "
+                                   f"download was discarded. {what_to_do}")
+    except OSError as exc:  # the folder or the temp file cannot be created, written or renamed
         raise DatasetError(f"Cannot write into {dest.parent} to download {dest.name}: {exc}. "
                            f"{what_to_do}") from exc
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    shutil.copyfileobj(response, out, 1 << 20)
-            except (OSError, ValueError) as exc:  # URLError, timeouts and resets are OSErrors
-                raise DatasetError(f"Could not download {url} ({exc}); the machine seems offline. "
-                                   f"{what_to_do}") from exc
-        actual = file_md5(tmp)
-        if actual != md5.lower():
-            raise DatasetError(f"Checksum mismatch for {url}: md5 {actual}, expected {md5}; the "
-                               f"download was discarded. {what_to_do}")
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a shared data folder needs it readable
-        os.replace(tmp, dest)  # atomic within one folder: readers never see a half file
-    except BaseException:  # also Ctrl-C: never leave a partial file behind
-        tmp.unlink(missing_ok=True)
-        raise
     return dest

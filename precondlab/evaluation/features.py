@@ -36,14 +36,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cleanfid import features as cleanfid_features
-from cleanfid import inception_pytorch as cleanfid_inception_pytorch
-from cleanfid import inception_torchscript as cleanfid_torchscript
-from cleanfid.downloads_helper import inception_url as _CLEANFID_INCEPTION_URL
+from precondlab.errors import UserInputError
+from precondlab.fileio import atomic_write
 
-INCEPTION_URL: str = _CLEANFID_INCEPTION_URL
+# clean-fid is imported inside the functions that use it: cleanfid.features imports torchvision,
+# which imports torch._dynamo (seconds), and every CLI start imports this module via
+# precondlab.builtins. The two URLs below are clean-fid's own values, copied so that error messages
+# need no clean-fid import; tests/test_fid.py checks them against clean-fid.
+INCEPTION_URL = ("https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/"
+                 "inception-2015-12-05.pt")   # cleanfid.downloads_helper.inception_url
 INCEPTION_FILENAME = "inception-2015-12-05.pt"   # the name InceptionV3W loads from its folder
-LEGACY_PYTORCH_URL: str = cleanfid_inception_pytorch.FID_WEIGHTS_URL
+LEGACY_PYTORCH_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+                      "pt_inception-2015-12-05-6726825d.pth")   # cleanfid.inception_pytorch.FID_WEIGHTS_URL
 MODES = ("clean", "legacy_pytorch", "legacy_tensorflow")
 
 CLASSIFIER_LABEL = ("Fréchet distance in a small in-project classifier's feature space "
@@ -53,7 +57,7 @@ OFFLINE_HINT = ("The machine may be offline; nothing is downloaded unless allow_
                 "--gin_bindings \"fid.feature_extractor = 'classifier'\".")
 
 
-class FeatureExtractorError(Exception):
+class FeatureExtractorError(UserInputError):
     """A feature extractor cannot be built; the message says what is missing and what to do."""
 
 
@@ -153,6 +157,8 @@ def inception_extractor(mode: str = "clean",
     """clean-fid's Inception-v3 pool features (2048-D), built by clean-fid's own code."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    from cleanfid import features as cleanfid_features        # imports torchvision: see the top
+    from cleanfid import inception_torchscript as cleanfid_torchscript
     device = torch.device(device)
     if mode == "legacy_pytorch":
         dest = legacy_pytorch_weights_path()
@@ -282,11 +288,9 @@ def classifier_accuracy(model: SmallClassifier, dataset, max_images: int | None 
 def save_classifier(model: SmallClassifier, path) -> Path:
     """Config plus state dict, loadable with ``torch.load(weights_only=True)``; atomic write."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    torch.save({"config": dict(model.config),
-                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save({"config": dict(model.config),
+                    "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, tmp)
     return path
 
 

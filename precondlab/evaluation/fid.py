@@ -28,13 +28,14 @@ import gin
 import numpy as np
 import torch
 
-import cleanfid
-from cleanfid import fid as cleanfid_fid
-from cleanfid import features as cleanfid_features
+# No module-level clean-fid import: cleanfid.fid and cleanfid.features import torchvision (seconds,
+# via torch._dynamo), and every CLI start imports this module through precondlab.builtins for the
+# gin configurable. The functions below import clean-fid where they use it.
 
 from precondlab.evaluation.features import (FeatureExtractor, FeatureExtractorError, OFFLINE_HINT,
                                             build_feature_extractor, classifier_accuracy, save_classifier,
                                             train_classifier)
+from precondlab.fileio import atomic_write
 
 CACHE_ENV = "PRECONDLAB_FID_CACHE"
 CLEANFID_STATS_URL = "https://www.cs.cmu.edu/~clean-fid/stats/"  # cleanfid.features.get_reference_statistics
@@ -48,6 +49,7 @@ def default_cache_dir() -> Path:
 
 def cleanfid_stats_path(name: str, res: int, mode: str = "clean", split: str = "train") -> Path:
     """Where clean-fid keeps (and downloads) its precomputed Inception statistics."""
+    import cleanfid   # the bare package: an empty __init__, no torchvision
     return Path(os.path.dirname(cleanfid.__file__)) / "stats" / f"{name}_{mode}_{split}_{res}.npz".lower()
 
 
@@ -77,6 +79,7 @@ def match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
 
 def frechet_distance_of_features(feats1: np.ndarray, feats2: np.ndarray) -> float:
     """clean-fid's Fréchet distance between the Gaussians fitted to two feature sets (N, D)."""
+    from cleanfid import fid as cleanfid_fid
     mu1, s1 = np.mean(feats1, axis=0), np.cov(feats1, rowvar=False)
     mu2, s2 = np.mean(feats2, axis=0), np.cov(feats2, rowvar=False)
     return float(cleanfid_fid.frechet_distance(mu1, s1, mu2, s2))
@@ -197,6 +200,7 @@ class FIDEvaluator:
 
     def _features(self, draw: Callable[[int], torch.Tensor], n: int, desc: str) -> np.ndarray:
         """(n, D) features of n images from ``draw(k) -> [0, 255] floats``, by clean-fid."""
+        from cleanfid import fid as cleanfid_fid
         ext = self.extractor
         gen = _Generator(draw, n, ext.channels)
         # clean-fid draws (batch, z_dim) latents from torch's global CPU RNG; z_dim=1 keeps that
@@ -248,6 +252,7 @@ class FIDEvaluator:
             split = "train" if split == "na" else split
             path = cleanfid_stats_path(self.reference, res, self.mode, split)
             if path.is_file() or self.allow_download:
+                from cleanfid import features as cleanfid_features
                 # With the file present, clean-fid only reads it.
                 mu, sigma = cleanfid_features.get_reference_statistics(self.reference, res, mode=self.mode,
                                                                         split=split)
@@ -268,11 +273,8 @@ class FIDEvaluator:
         else:
             feats = self.dataset_features(dataset, self.reference_num_images)
             mu, sigma = np.mean(feats, axis=0), np.cov(feats, rowvar=False)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".part")
-            with open(tmp, "wb") as f:
+            with atomic_write(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no .npz
                 np.savez(f, mu=mu, sigma=sigma, num_images=len(feats), extractor=ext.identity, mode=self.mode)
-            os.replace(tmp, path)
         self._ref = (mu, sigma, str(path))
         return mu, sigma
 
@@ -283,6 +285,7 @@ class FIDEvaluator:
                  num_samples: int | None = None,
                  dataset=None,
                  tag: str = "nfe1") -> dict:
+        from cleanfid import fid as cleanfid_fid
         mu_ref, sigma_ref = self.reference_stats(dataset)
         n = int(num_samples or self.num_samples)
         if n < 2:
@@ -290,10 +293,18 @@ class FIDEvaluator:
         feats = self.sample_features(sample_fn, n)
         mu, sigma = np.mean(feats, axis=0), np.cov(feats, rowvar=False)
         value = float(cleanfid_fid.frechet_distance(mu, sigma, mu_ref, sigma_ref))
+        p = self.extractor.prefix
+        return {f"{p}/{tag}": value, **self.describe(), f"{p}_num_samples": n}
+
+    def describe(self) -> dict:
+        """The settings a value depends on, keyed as ``__call__`` reports them (``fid_mode``,
+        ``fid_num_samples``, ``fid_extractor``, ``fid_label``, ``fid_reference`` once the reference
+        statistics are known; ``fd_classifier_...`` for the substitute). Builds the extractor."""
         ext, p = self.extractor, self.extractor.prefix
-        return {f"{p}/{tag}": value,
-                f"{p}_mode": self.mode if ext.name == "inception" else "native",
-                f"{p}_num_samples": n,
-                f"{p}_extractor": ext.name,
-                f"{p}_label": ext.label,
-                f"{p}_reference": self._ref[2]}
+        out = {f"{p}_mode": self.mode if ext.name == "inception" else "native",
+               f"{p}_num_samples": self.num_samples,
+               f"{p}_extractor": ext.name,
+               f"{p}_label": ext.label}
+        if self._ref is not None:
+            out[f"{p}_reference"] = self._ref[2]
+        return out

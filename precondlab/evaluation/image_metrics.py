@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 import torch
-import torchvision.utils
 
 
 def alignment(student_samples: torch.Tensor,
@@ -32,6 +31,7 @@ def save_grid(images: torch.Tensor, path, nrow: int = 8, padding: int = 2) -> Pa
     The file is (ceil(N / nrow) * (H + padding) + padding) high and
     (min(N, nrow) * (W + padding) + padding) wide (torchvision's make_grid layout).
     """
+    import torchvision.utils   # seconds to import (it pulls in torch._dynamo): only when a grid is saved
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     x = ((images.detach().float().cpu() + 1) / 2).clamp(0, 1)

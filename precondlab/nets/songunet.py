@@ -388,12 +388,23 @@ class SongUNetStudent(SongUNet):
 
     def forward(self, x: torch.Tensor, c_noise_t: torch.Tensor, c_noise_s: torch.Tensor) -> torch.Tensor:
         n, res = x.shape[0], self.img_resolution
+        per_example = math.prod(x.shape[1:])
+        if per_example != self.in_channels * res * res:
+            raise ValueError(
+                f"SongUNetStudent takes {self.in_channels}x{res}x{res} images ({self.in_channels * res * res} "
+                f"values each, flat or (C, H, W)), got x of shape {tuple(x.shape)} ({per_example} per example): "
+                f"set student.songunet.in_channels / img_resolution (IMG_CHANNELS / IMG_RESOLUTION) to the "
+                f"teacher's and dataset's image shape.")
         dtype = self.map_layer0.weight.dtype
         img = x.reshape(n, self.in_channels, res, res).to(dtype)
         t = torch.as_tensor(c_noise_t, device=x.device).to(dtype).reshape(-1).expand(n)
         s = torch.as_tensor(c_noise_s, device=x.device).to(dtype).reshape(-1).expand(n)
         out = super().forward(img, t, s).to(x.dtype)
         return out.reshape(n, -1) if x.ndim == 2 else out
+
+    def last_layer(self) -> nn.Parameter:
+        """The output convolution's weight: its gradient norms set CTM's adaptive DSM weight."""
+        return self.dec[f"{self.img_resolution}x{self.img_resolution}_aux_conv"].weight
 
 
 def init_from_teacher(student: nn.Module,

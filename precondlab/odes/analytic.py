@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -30,6 +28,7 @@ from pathlib import Path
 import torch
 from torch.func import jvp
 
+from precondlab.fileio import atomic_write
 from precondlab.odes.base import ODECoefficients, ODEGeneralization
 from precondlab.registry import register
 
@@ -240,13 +239,6 @@ def load_cached(path: Path, key: dict, start: float) -> ODECoefficients | None:
 
 def save_cached(path: Path, key: dict, coeffs: ODECoefficients) -> None:
     """Write atomically (temp file + rename): readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     info = {k: v for k, v in coeffs.info.items() if v is None or isinstance(v, (bool, int, float, str))}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         torch.save({"key": key, "lam": coeffs.lam, "l": coeffs.l, "s": coeffs.s, "info": info}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -10,6 +10,17 @@ from precondlab.preconditioners.base import Preconditioner
 from precondlab.registry import register
 
 
+def _nearest(knots: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Index of the knot nearest to each v (knots ascending)."""
+    i = torch.searchsorted(knots, v).clamp(max=len(knots) - 1)
+    j = (i - 1).clamp(min=0)
+    return torch.where((knots[j] - v).abs() < (knots[i] - v).abs(), j, i)
+
+
+def _on_knot(knots: torch.Tensor, i: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return torch.isclose(knots[i], v, rtol=1e-6, atol=0).all()
+
+
 @register("preconditioner", "analytic")
 class AnalyticPrecond(Preconditioner):
     """Analytic-Precond: (f, g) from the forward or backward first-order form of the {l, s} ODE."""
@@ -30,11 +41,13 @@ class AnalyticPrecond(Preconditioner):
         self.ode, self.form, self.points = ode, form, quadrature_points
         self.coeffs: ODECoefficients | None = None
         self.knots = self.table = None
+        self._on_device = {}  # device -> (knots, table) copies for on_grid() lookups
 
     def fit(self, teacher) -> "AnalyticPrecond":
         self.schedule = teacher.schedule
         self.coeffs = self.ode.fit(teacher)
         self.knots = self.table = None
+        self._on_device = {}
         return self
 
     def tabulate(self, grid: torch.Tensor) -> "AnalyticPrecond":
@@ -47,7 +60,7 @@ class AnalyticPrecond(Preconditioner):
             raise ValueError(f"Analytic-Precond ({self.form} form) gives non-finite f, g on the time grid: the "
                              f"statistics {self.coeffs.info} are unusable; raise ode.analytic.num_samples "
                              f"or try the backward form")
-        self.table, self.knots = table, knots
+        self.table, self.knots, self._on_device = table, knots, {}
         return self
 
     def _integrate(self, t, s):
@@ -62,22 +75,34 @@ class AnalyticPrecond(Preconditioner):
         """Table indices of (t, s) when both lie on the tabulated grid, else None."""
         if self.knots is None:
             return None
+        idx = [_nearest(self.knots, v.double().cpu().contiguous()) for v in (t, s)]
+        for i, v in zip(idx, (t, s)):
+            if not bool(_on_knot(self.knots, i, v.double().cpu())):
+                return None
+        return idx
+
+    def _grid_lookup(self, t, s):
+        """Inside on_grid(): (f, g) from the table's copy on t's device. The on-grid check is an
+        asynchronous device assert (no host sync): a time off the grid there is a caller's bug."""
+        if t.device not in self._on_device:
+            self._on_device[t.device] = (self.knots.to(t.device), self.table.to(t.device))
+        knots, table = self._on_device[t.device]
         idx = []
         for v in (t, s):
-            v = v.double().cpu().contiguous()
-            i = torch.searchsorted(self.knots, v).clamp(max=len(self.knots) - 1)
-            j = (i - 1).clamp(min=0)
-            i = torch.where((self.knots[j] - v).abs() < (self.knots[i] - v).abs(), j, i)
-            if not bool(torch.isclose(self.knots[i], v, rtol=1e-6, atol=0).all()):
-                return None
+            v = v.to(torch.float64).contiguous()
+            i = _nearest(knots, v)
+            torch._assert_async(_on_knot(knots, i, v), "AnalyticPrecond.on_grid(): a time is off the tabulated grid")
             idx.append(i)
-        return idx
+        return table[:, idx[0], idx[1]]
 
     def _fg(self, t, s):
         t, s = torch.broadcast_tensors(torch.as_tensor(t), torch.as_tensor(s))
+        dtype = t.dtype if t.is_floating_point() else torch.float64
+        if getattr(self, "_on_grid", False) and self.table is not None:
+            f, g = self._grid_lookup(t, s)  # already on t's device
+            return f.to(dtype), g.to(dtype)
         found = self._lookup(t, s)
         f, g = self.table[:, found[0], found[1]] if found is not None else self._integrate(t, s)
-        dtype = t.dtype if t.is_floating_point() else torch.float64
         return f.to(device=t.device, dtype=dtype), g.to(device=t.device, dtype=dtype)
 
     def f(self, t, s):

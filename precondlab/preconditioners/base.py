@@ -8,6 +8,8 @@ F(x, t, t) as D(x, t).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from precondlab.schedule import EDMSchedule, Schedule, _bcast
@@ -47,6 +49,16 @@ class Preconditioner:
     def tabulate(self, grid: torch.Tensor) -> "Preconditioner":
         """Precompute coefficients on a time grid where that saves work (Analytic does)."""
         return self
+
+    @contextlib.contextmanager
+    def on_grid(self):
+        """Promise that every (t, s) inside lies on the grid given to tabulate() (a training step):
+        coefficients are then looked up on the device with no host round trip."""
+        before, self._on_grid = getattr(self, "_on_grid", False), True
+        try:
+            yield self
+        finally:
+            self._on_grid = before
 
     def fit(self, teacher) -> "Preconditioner":
         """Estimate whatever the coefficients need from the teacher (only Analytic does)."""

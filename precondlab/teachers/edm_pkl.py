@@ -33,6 +33,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from precondlab.errors import UserInputError
 from precondlab.nets.songunet import SongUNet
 from precondlab.preconditioners.base import edm_scalings
 from precondlab.registry import register
@@ -44,7 +45,7 @@ DEFAULT_PKL = "edm-cifar10-32x32-uncond-vp.pkl"
 PRECONDS = {"VPPrecond": "vp", "VEPrecond": "ve", "EDMPrecond": "edm"}
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserInputError, RuntimeError):
     """A checkpoint that is missing, malformed, unsupported or asks to run code."""
 
 
@@ -269,7 +270,9 @@ class EDMNetTeacher(Teacher):
     All three of EDM's wrappers take the unscaled x = x_0 + sigma * n, so the teacher lives on
     our EDM schedule whatever its training SDE. VP feeds the network c_noise = (M - 1) *
     sigma_inv(sigma) (a DDPM timestep in [0, 999]), not EDM's log(sigma) / 4: a student
-    initialised from a VP teacher sees different noise labels than the teacher did.
+    initialised from a VP teacher sees different noise labels (and c_in, c_out) than the teacher
+    did, so it starts near, not at, the teacher. CTM's CIFAR-10 recipe does the same (VP weights
+    copied into an EDM-preconditioned student); training adapts the embedding.
     """
 
     def __init__(self,
@@ -281,16 +284,18 @@ class EDMNetTeacher(Teacher):
                  M: int = 1000,                      # VP: DDPM timesteps
                  schedule: Schedule | None = None,   # time grid for students (default EDM's)
                  dataset: Any = None,                # anything with sample_x0(n, generator)
-                 device: str | torch.device = "cpu"):  # where the network runs
+                 device: str | torch.device = "cpu",  # where the network runs
+                 source: str | None = None):         # the checkpoint file, named in errors
         super().__init__(schedule or EDMSchedule())
         if precond not in ("edm", "vp", "ve"):
             raise ValueError(f"precond must be 'edm', 'vp' or 've', got {precond!r}")
+        self.shape = (net.in_channels, net.img_resolution, net.img_resolution)
+        self.dim = net.in_channels * net.img_resolution ** 2
+        self.source = source or "in-memory network"
+        check_dataset_shape(self.shape, dataset, self.source)  # before moving the net to the device
         self.net = net.to(device).eval().requires_grad_(False)
         self.precond, self.sigma_data, self.beta_d, self.beta_min, self.M = precond, sigma_data, beta_d, beta_min, M
         self.dataset, self.device = dataset, torch.device(device)
-        self.shape = (net.in_channels, net.img_resolution, net.img_resolution)
-        self.dim = net.in_channels * net.img_resolution ** 2
-        self.source = "in-memory network"
 
     def sigma_inv(self, sigma: torch.Tensor) -> torch.Tensor:
         """VP: the t in [0, 1] whose sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1) is sigma."""
@@ -358,6 +363,48 @@ class EDMNetTeacher(Teacher):
         return {"teacher": type(self).__name__, "dim": self.dim, "precond": self.precond, "source": self.source}
 
 
+def _dataset_registry_name(dataset: Any) -> str | None:
+    """The name the dataset's class is registered under (``fashion_mnist``), if it is."""
+    from precondlab import registry
+    cls = type(dataset)
+    for entry in registry.list_entries("dataset"):
+        if entry.obj is cls or (entry.module == cls.__module__
+                                and getattr(entry.obj, "__qualname__", None) == cls.__qualname__):
+            return entry.name
+    return None
+
+
+def check_dataset_shape(shape: tuple[int, int, int], dataset: Any, source: str) -> None:
+    """A ConfigError when the dataset's images (its ``shape``, (C, H, W)) are not what the network
+    at ``source`` takes; datasets that do not say their shape are not checked."""
+    found = getattr(dataset, "shape", None) if dataset is not None else None
+    try:
+        found = tuple(int(v) for v in found) if found is not None else None
+    except (TypeError, ValueError):
+        return
+    if found is None or len(found) != 3 or found == tuple(shape):
+        return
+    from precondlab.config import ConfigError
+    c, r = shape[0], shape[1]
+    name = _dataset_registry_name(dataset)
+    label = f"dataset.{name}" if name else type(dataset).__name__
+    if getattr(dataset, "name", None):
+        label += f" ({dataset.name})"
+    todo = []
+    if found[1:] != tuple(shape[1:]):
+        if name and "resize" in inspect.signature(type(dataset)).parameters:
+            todo.append(f"Set dataset.{name}.resolution = {r}.")
+        else:
+            todo.append(f"Bind {r}x{r} images (resized, e.g., with EDM's dataset_tool.py --resolution={r}).")
+    if found[0] != c:
+        todo.append(f"Bind a {c}-channel dataset (the one the network was trained on): it cannot take "
+                    f"{found[0]}-channel images.")
+    raise ConfigError(
+        f"{source}: the teacher network takes images of shape (C, H, W) = {tuple(shape)}, but {label} "
+        f"gives {found}. {' '.join(todo)} Or use a teacher trained on this data (precondlab train-teacher), "
+        f"with the student's IMG_CHANNELS / IMG_RESOLUTION set to its shape.")
+
+
 def _dataset_fingerprint(dataset: Any) -> str:
     """A dataset's identity: its own fingerprint(), else its class, describe() and image bytes."""
     if dataset is None:
@@ -388,6 +435,5 @@ def edm_pkl(path: str = f"checkpoints/{DEFAULT_PKL}",  # an official EDM snapsho
     ckpt = load_edm_checkpoint(path, key)
     net = build_songunet(ckpt.model_kwargs, ckpt.state_dict, str(ckpt.path))
     keep = {k: ckpt.precond_params[k] for k in ("sigma_data", "beta_d", "beta_min", "M") if k in ckpt.precond_params}
-    teacher = EDMNetTeacher(net, ckpt.precond, schedule=schedule, dataset=dataset, device=device, **keep)
-    teacher.source = str(ckpt.path)
-    return teacher
+    return EDMNetTeacher(net, ckpt.precond, schedule=schedule, dataset=dataset, device=device,
+                         source=str(ckpt.path), **keep)

@@ -5,13 +5,15 @@ a leading 'model.' or 'module.' (an EDM Precond's or DDP's state dict) stripped.
 
 A checkpoint written by ``precondlab train-teacher`` has a sidecar ``<name>.json`` beside it
 (``{"format": "precondlab.songunet_teacher/1", "songunet": {...}, "precond": "edm",
-"sigma_data": ...}``); with ``sidecar='auto'`` (the default) it is read and its architecture,
-preconditioning and sigma_data replace the gin arguments, so only ``path`` (and a dataset)
-need binding. ``sidecar=None`` ignores it.
+"sigma_data": ..., "weights_bytes": ..., "weights_sha256": ...}``); with ``sidecar='auto'`` (the
+default) it is read and its architecture, preconditioning and sigma_data replace the gin
+arguments, so only ``path`` (and a dataset) need binding. ``sidecar=None`` ignores it. A sidecar
+whose recorded size or sha256 is not that of the weights file is refused (CheckpointError).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -67,6 +69,39 @@ def read_sidecar(path: str | Path) -> dict:
     return meta
 
 
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_sidecar(meta: dict, weights: str | Path, side: str | Path) -> None:
+    """Raise CheckpointError when the sidecar ``meta`` (read from ``side``) records another
+    weights file than ``weights`` (size, then sha256). Sidecars that record neither pass."""
+    weights = Path(weights)
+    size, digest = meta.get("weights_bytes"), meta.get("weights_sha256")
+    if (size is None and digest is None) or not weights.is_file():
+        return  # an older sidecar; a missing weights file is reported by load_tensors
+    actual_size = weights.stat().st_size
+    actual = None
+    if size is not None and int(size) != actual_size:
+        found = f"{actual_size} bytes, not the {size} it records"
+    else:
+        actual = file_sha256(weights) if digest is not None else None
+        if actual is None or actual == digest:
+            return
+        found = f"sha256 {actual[:16]}..., not the {str(digest)[:16]}... it records"
+    raise CheckpointError(
+        f"{side} does not describe the weights beside it: {weights} has {found}. The two files come "
+        f"from different checkpoints (a train-teacher run stopped between writing them, or one was "
+        f"replaced). Write both again (precondlab train-teacher --output {weights}), put back the "
+        f"matching {Path(side).name}, or delete it and bind the architecture in gin "
+        f"(teacher.state_dict.img_resolution, in_channels, model_channels, ...).")
+
+
 def _auto_sidecar(path: Path) -> dict | None:
     candidate = sidecar_path(path)
     if candidate == path or not candidate.is_file():
@@ -110,9 +145,11 @@ def state_dict_teacher(path: str | None = None,                     # .pt / .pth
     meta = None
     if sidecar == "auto":
         meta = _auto_sidecar(Path(path))
+        side = sidecar_path(path)
     elif sidecar:
-        meta = read_sidecar(sidecar)
+        meta, side = read_sidecar(sidecar), sidecar
     if meta is not None:  # the sidecar describes how the weights were trained: it wins over gin
+        check_sidecar(meta, path, side)
         kwargs = dict(meta["songunet"])
         precond = meta.get("precond", precond)
         sigma_data = float(meta.get("sigma_data", sigma_data))
@@ -125,6 +162,6 @@ def state_dict_teacher(path: str | None = None,                     # .pt / .pth
                       decoder_type=decoder_type, resample_filter=list(resample_filter))
     net = build_songunet(kwargs, load_tensors(path), str(path))
     teacher = EDMNetTeacher(net, precond, sigma_data=sigma_data, beta_d=beta_d, beta_min=beta_min, M=M,
-                            schedule=schedule, dataset=dataset, device=device)
+                            schedule=schedule, dataset=dataset, device=device, source=str(path))
     teacher.source, teacher.sidecar = str(path), meta
     return teacher

@@ -100,10 +100,12 @@ class CTMObjective(Objective):
         x_t = x0 + _bcast(t, x0) * noise
         with torch.no_grad():
             x_u = teacher_steps(teacher, x_t, grid, n, k, K, self.teacher_solver)
-            target_s = precond.jump(student, x_u, u, s)            # G_sg(x_u, u, s)
-            target_0 = precond.jump(target, target_s, s, eps)      # then G_ema(., s, eps)
-        estimate_s = precond.jump(student, x_t, t, s)
-        estimate_0 = precond.jump(target, estimate_s, s, eps)      # gradient flows through the input
+        with precond.on_grid():  # t, u, s, eps are grid points: (f, g) looked up on the device
+            with torch.no_grad():
+                target_s = precond.jump(student, x_u, u, s)        # G_sg(x_u, u, s)
+                target_0 = precond.jump(target, target_s, s, eps)  # then G_ema(., s, eps)
+            estimate_s = precond.jump(student, x_t, t, s)
+            estimate_0 = precond.jump(target, estimate_s, s, eps)  # gradient flows through the input
         main = self.distance(estimate_0, target_0).mean()
         logs = {"loss_ctm": main.detach()}
         return self.combine(student, precond, main, x0, generator, logs), logs
@@ -124,7 +126,9 @@ class CMObjective(Objective):
         x_t = x0 + _bcast(t, x0) * noise
         with torch.no_grad():
             x_u = teacher_steps(teacher, x_t, grid, n, torch.ones_like(n), 1, self.teacher_solver)
-            target_0 = precond.jump(target, x_u, u, eps)
-        main = self.distance(precond.jump(student, x_t, t, eps), target_0).mean()
+        with precond.on_grid():  # t, u, eps are grid points
+            with torch.no_grad():
+                target_0 = precond.jump(target, x_u, u, eps)
+            main = self.distance(precond.jump(student, x_t, t, eps), target_0).mean()
         logs = {"loss_cm": main.detach()}
         return self.combine(student, precond, main, x0, generator, logs), logs
