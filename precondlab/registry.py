@@ -35,6 +35,7 @@ KINDS: dict[str, str] = {
     "loss": "called with its gin parameters; returns a callable distance(a, b) -> per-example tensor.",
     "sampler": "a function sampler(jump, x, ts, *, generator=None, **kw) -> samples (k-diffusion style).",
     "dataset": "called with its gin parameters; returns a finite point set or image dataset.",
+    "feature_extractor": "called with (mode=, device=, inception_path=, allow_download=) and its gin parameters ('classifier': classifier_path=, device=); returns a FeatureExtractor: images in [0, 255] -> (N, D) features, with the metric prefix and label that name it.",
 }
 
 

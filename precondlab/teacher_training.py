@@ -325,7 +325,9 @@ class TeacherTraining:
                 if progress:
                     recent = result.losses[-self.log_every:]
                     rate = len(recent) / max(time.perf_counter() - tick, 1e-9)
-                    ev = f"  eval_loss {result.eval_losses[-1][1]:.4f}" if result.eval_losses else ""
+                    ev = ""  # the last evaluation, with its step: it runs at checkpoints only
+                    if result.eval_losses:
+                        ev = f"  eval_loss {result.eval_losses[-1][1]:.4f} (step {result.eval_losses[-1][0]})"
                     print(f"step {step}/{self.steps}  loss {sum(recent) / len(recent):.4f}{ev}  "
                           f"{rate:.2f} it/s", file=stream, flush=True)
                     tick = time.perf_counter()

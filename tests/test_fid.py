@@ -275,3 +275,13 @@ def test_describe_holds_the_settings_a_value_depends_on(toy_classifier, tmp_path
                         "fd_classifier_reference": str(ev.reference_cache_path(two_class_dataset(n=12)))}
     result = ev(lambda n: torch.rand(n, 1, 12, 12) * 2 - 1, tag="nfe1")
     assert {k: v for k, v in result.items() if "/" not in k} == settings
+
+
+def test_feature_extractors_are_registry_entries_and_unknown_names_suggest_close_ones():
+    from precondlab import registry
+    from precondlab.evaluation import list_feature_extractors
+
+    assert {"inception", "classifier"} <= set(list_feature_extractors())
+    assert registry.get("feature_extractor", "classifier") is not None
+    with pytest.raises(registry.UnknownEntryError, match="Did you mean: inception"):
+        build_feature_extractor("inceptoin")

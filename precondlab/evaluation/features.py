@@ -1,6 +1,7 @@
 """Feature extractors for Fréchet distances on images: clean-fid's Inception, or a labelled substitute.
 
-Two choices, picked by name (``build_feature_extractor(name, ...)``):
+Two registered choices (kind ``feature_extractor``, picked by ``fid.feature_extractor = NAME``;
+a plugin may register more):
 
 * ``"inception"``: clean-fid's own extractor (``cleanfid.features.build_feature_extractor``) with
   clean-fid's own resizing (``cleanfid.resize.build_resizer(mode)``). The distance computed with it
@@ -36,6 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from precondlab import registry
 from precondlab.errors import UserInputError
 from precondlab.fileio import atomic_write
 
@@ -94,25 +96,14 @@ class FeatureExtractor:
     info: dict = field(default_factory=dict)
 
 
-_EXTRACTORS: dict[str, Callable[..., FeatureExtractor]] = {}
-
-
-def register_feature_extractor(name: str):
-    """Decorator: make ``build_feature_extractor(name, ...)`` call the decorated builder."""
-    def decorate(fn):
-        _EXTRACTORS[name] = fn
-        return fn
-    return decorate
-
-
 def list_feature_extractors() -> list[str]:
-    return sorted(_EXTRACTORS)
+    """Names of the registered extractors (kind ``feature_extractor``; plugins may add more)."""
+    return [entry.name for entry in registry.list_entries("feature_extractor")]
 
 
 def build_feature_extractor(name: str, **kwargs) -> FeatureExtractor:
-    if name not in _EXTRACTORS:
-        raise ValueError(f"Unknown feature extractor {name!r}; choose one of {list_feature_extractors()}")
-    return _EXTRACTORS[name](**kwargs)
+    """The registered extractor ``name`` built with ``kwargs``; an unknown name lists close ones."""
+    return registry.create("feature_extractor", name, **kwargs)
 
 
 # --- Inception (clean-fid) ----------------------------------------------------------------------
@@ -148,7 +139,7 @@ def _missing_weights_error(url: str, dest: Path, alternative: Path | None = None
         f"and place the file at {dest}{extra}. {OFFLINE_HINT}")
 
 
-@register_feature_extractor("inception")
+@registry.register("feature_extractor", "inception")
 def inception_extractor(mode: str = "clean",
                         device="cpu",
                         inception_path=None,         # file or folder with inception-2015-12-05.pt
@@ -314,14 +305,15 @@ def classifier_fingerprint(model: SmallClassifier) -> str:
     return digest.hexdigest()[:10]
 
 
-@register_feature_extractor("classifier")
+@registry.register("feature_extractor", "classifier")
 def classifier_extractor(model: SmallClassifier | None = None,
                          classifier_path=None,
                          device="cpu",
                          **_unused) -> FeatureExtractor:
-    """Penultimate features of an in-project classifier. Images keep their own size except when it
-    differs from the classifier's training resolution (then bilinear); channels are averaged
-    (RGB -> gray) or repeated (gray -> RGB) to match the classifier."""
+    """Penultimate (128-D) features of an in-project classifier: fd_classifier, NOT FID.
+
+    Images keep their own size unless it differs from the classifier's training resolution
+    (then bilinear); channels are averaged (RGB -> gray) or repeated (gray -> RGB) to match."""
     device = torch.device(device)
     if model is None:
         if classifier_path is None:
