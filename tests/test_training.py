@@ -173,3 +173,13 @@ def test_a_statistics_cache_hit_is_logged_with_the_original_cost(tracking_uri, t
     assert m2["stats/estimate_seconds"] == m1["stats/estimate_seconds"]  # the cost of the estimate, kept
     assert 0 < m1["stats/estimate_seconds"] <= m1["stats/seconds"]
     assert first.history == second.history  # the cached statistics are the estimated ones
+
+
+def test_bf16_autocast_runs_and_stays_close_to_float32(tracking_uri):
+    """experiment.amp = 'bf16' (the CUDA default under 'auto') also works on the CPU: the loss is
+    computed under bf16 autocast, the run finishes, and its metrics stay near the float32 run's."""
+    full = _run(tracking_uri, "toy_ctm.gin", ["STEPS = 20", "experiment.amp = 'off'"])
+    half = _run(tracking_uri, "toy_ctm.gin", ["STEPS = 20", "experiment.amp = 'bf16'"])
+    assert half.status == "FINISHED" and half.history != full.history  # bf16 really changed the numbers
+    for key in ("traj_mse/nfe1", "traj_mse/nfe2"):
+        assert half.final[key] == pytest.approx(full.final[key], rel=0.2), key
