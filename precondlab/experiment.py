@@ -122,22 +122,26 @@ def run(config: ParsedConfig, tracking_uri: str | None = None, experiment_name: 
     client, uri, exp_id = tracking.connect(tracking_uri, experiment_name)
     name = exp.name or f"{type(exp.preconditioner).__name__}-seed{exp.seed}"
     log = tracking.RunLogger(client, exp_id, run_name=name, tags=tags, parent_run_id=parent_run_id)
-    out = Path(out_dir or log.tmp)
+    out = Path(out_dir or log.tmp)  # without out_dir, files live in MLflow only (a CIFAR checkpoint is ~1 GB)
     ckpt_path, last_good = out / "checkpoint.pt", None
     try:
         result = _train(exp, config, log, out, progress, report)
         log.end("FINISHED")
+        if out_dir is None:
+            result.checkpoint = log.artifact_location("checkpoints", ckpt_path.name)
         return result
     except BaseException as exc:
-        last_good = ckpt_path if ckpt_path.exists() else None
-        if last_good is not None:
-            log.artifact(last_good, "checkpoints")
+        if ckpt_path.exists():
+            log.artifact(ckpt_path, "checkpoints")
+            last_good = ckpt_path if out_dir is not None else log.artifact_location("checkpoints", ckpt_path.name)
         log.tag("error", f"{type(exc).__name__}: {exc}"[:5000])
         log.end("FAILED" if not isinstance(exc, KeyboardInterrupt) else "KILLED")
         if isinstance(exc, NonFiniteLossError):
             raise NonFiniteLossError(f"{exc} (MLflow run {log.run_id} marked FAILED; last good checkpoint: "
                                      f"{last_good or 'none yet'})") from None
         raise
+    finally:
+        log.cleanup()
 
 
 def _train(exp: Experiment, config: ParsedConfig, log, out: Path, progress: bool, report) -> RunResult:

@@ -8,6 +8,7 @@ Default: ``sqlite:///<cwd>/mlruns.db`` with artifacts under ``<cwd>/mlartifacts`
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -105,3 +106,17 @@ class RunLogger:
 
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+    def artifact_location(self, folder: str, name: str) -> str:
+        """Where a logged artifact lives: a local path for a local artifact store, else its URI
+        (fetch it with `mlflow artifacts download --artifact-uri URI`)."""
+        from urllib.parse import unquote, urlparse
+        uri = f"{self.client.get_run(self.run_id).info.artifact_uri.rstrip('/')}/{folder}/{name}"
+        parsed = urlparse(uri)
+        if parsed.scheme == "file":
+            return unquote(parsed.path)
+        return uri if parsed.scheme else str(Path(uri).resolve())
+
+    def cleanup(self) -> None:
+        """Delete the run's scratch folder (its files are artifacts by now)."""
+        shutil.rmtree(self.tmp, ignore_errors=True)

@@ -44,7 +44,7 @@ def test_mlflow_holds_config_metrics_plots_and_checkpoint(tracking_uri):
     files |= {f.path for d in ("plots", "checkpoints") for f in client.list_artifacts(result.run_id, d)}
     assert {"config.gin", "operative_config.gin", "plots/coefficients.png", "plots/l_s_curves.png",
             "plots/samples.png", "checkpoints/checkpoint.pt"} <= files
-    ckpt = torch.load(result.checkpoint, weights_only=True)
+    ckpt = torch.load(result.checkpoint, weights_only=True)  # the artifact itself, in the local store
     assert ckpt["step"] == 20 and "student" in ckpt
 
 
@@ -183,3 +183,18 @@ def test_bf16_autocast_runs_and_stays_close_to_float32(tracking_uri):
     assert half.status == "FINISHED" and half.history != full.history  # bf16 really changed the numbers
     for key in ("traj_mse/nfe1", "traj_mse/nfe2"):
         assert half.final[key] == pytest.approx(full.final[key], rel=0.2), key
+
+
+def test_a_run_leaves_no_scratch_files_and_points_at_its_artifact(tracking_uri):
+    """Checkpoints and plots are written to a scratch folder, logged to MLflow, and the folder is
+    removed (a CIFAR checkpoint is ~1 GB): the result names the artifact, which holds the weights."""
+    import glob
+    import tempfile
+
+    before = set(glob.glob(f"{tempfile.gettempdir()}/precondlab-*"))
+    result = _run(tracking_uri, "toy_ctm.gin", ["STEPS = 10"])
+    assert set(glob.glob(f"{tempfile.gettempdir()}/precondlab-*")) - before == set()
+    run = MlflowClient(tracking_uri).get_run(result.run_id)
+    assert result.checkpoint.endswith("checkpoints/checkpoint.pt") and result.run_id in result.checkpoint
+    assert torch.load(result.checkpoint, weights_only=True)["step"] == 10
+    assert run.info.status == "FINISHED"
