@@ -209,6 +209,7 @@ def run(sweep_file: str | Path, *, address: str | None = None, num_samples: int 
                        "scheduler": json.dumps(sweep.scheduler), "fixed_bindings": "\n".join(sweep.bindings + extra),
                        **{f"space.{p.key}": json.dumps({p.kind: p.values}) for p in sweep.space}})
         parent.text(sweep.path.read_text(), sweep.path.name)
+        parent.cleanup()  # the sweep file is an artifact now; later files go to the sweep's folder
         out.mkdir(parents=True, exist_ok=True)
         state_path.write_text(json.dumps({"parent_run_id": parent_id, "tracking_uri": uri,
                                           "experiment": sweep.experiment, "sweep_file": str(sweep.path)}, indent=1))

@@ -245,6 +245,9 @@ class TeacherTraining:
                 raise NonFiniteLossError(f"{exc}{where}; last good checkpoint: "
                                          f"{result.checkpoint or 'none yet'}") from None
             raise
+        finally:
+            if log is not None:
+                log.cleanup()  # its files are artifacts by now
         if log is not None:
             log.end("FINISHED")
         return result

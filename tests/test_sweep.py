@@ -184,11 +184,13 @@ def test_resume_continues_an_interrupted_sweep_without_redoing_finished_trials(t
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:   # Ctrl+C once the first trial is done
-            if any(r.info.status == "FINISHED" for r in client.search_runs(
-                    [exp_id], "tags.`precondlab.trial` != ''")):
+        # Ctrl+C once the first trial is done and the second has started: then Tune has taken the
+        # first one's end (max_concurrent = 1), so its saved state cannot ask to run it again.
+        while time.time() < deadline and proc.poll() is None:
+            status = [r.info.status for r in client.search_runs([exp_id], "tags.`precondlab.trial` != ''")]
+            if "FINISHED" in status and "RUNNING" in status:
                 break
-            time.sleep(0.5)
+            time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         text, _ = proc.communicate(timeout=120)
     finally:
