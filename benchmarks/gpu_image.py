@@ -104,7 +104,7 @@ GPU = dict(
     distill_steps=250, distill_batch=128, eval_every=50,
     distill_ema=0.99,  # the EMA is the CTM target and the evaluated net: 0.999 barely moves in 250 steps
     fid_samples=5000, fid_reference=10000, classifier_steps=2000,
-    fashion_stats_batch=2048, fashion_stats_points=None, fashion_stats_samples=None,  # None: the gin's 120 x 4096
+    fashion_stats_batch=2048, fashion_stats_points=120, fashion_stats_samples=4096,  # the paper's setting
     # part 4 (last, so a run cut short keeps parts 1-3): part 1's CTM step under torch.compile
     compile=1, compile_backend="inductor",
 )
