@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiment", help="MLflow experiment name (default: the definition's, else precondlab)")
     p.add_argument("--output", help="folder for Tune's state, summary.txt and best.gin "
                                     "(default: sweep_runs/<sweep name>)")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: min(2, cpu count))")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: 2, or one trial's "
+                   "CPUs if more, at most the cpu count)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("train-teacher", help="train a SongUNet teacher with EDM's loss on a dataset "

@@ -234,7 +234,8 @@ def _train(exp: Experiment, config: ParsedConfig, log, out: Path, progress: bool
         x0 = teacher.sample_x0(exp.batch_size, data_gen).to(torch.float32)
         if device.type == "cuda":  # from pinned memory the copy is queued, not waited for
             x0 = x0.pin_memory().to(device, non_blocking=True)
-        x0 = x0.to(device)
+        else:
+            x0 = x0.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             loss, logs = objective(student, target, precond, teacher, x0, gen)
         # On CUDA the finiteness check (a host sync) runs at log and checkpoint steps only; a

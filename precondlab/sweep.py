@@ -181,7 +181,6 @@ def run(sweep_file: str | Path, *, address: str | None = None, num_samples: int 
     state_path = out / STATE_FILE
     client, uri, exp_id = tracking.connect(uri, sweep.experiment)  # creates the experiment before any trial
 
-    import ray
     from ray import tune
     has_state = tune.Tuner.can_restore(str(exp_path)) and state_path.exists()
     if has_state and not resume:

@@ -6,7 +6,6 @@ where it was looked for and what to do), the default data folder, and a checked 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import urllib.request
@@ -18,6 +17,7 @@ from torch.utils.data import Dataset
 
 from precondlab.errors import UserInputError
 from precondlab.fileio import atomic_write
+from precondlab.hashing import file_digest
 
 DATA_ENV = "PRECONDLAB_DATA"
 
@@ -107,13 +107,9 @@ class ImageDataset(Dataset):
 # --- files and downloads ------------------------------------------------------------------
 
 
-def file_md5(path, chunk: int = 1 << 20) -> str:
+def file_md5(path) -> str:
     """Hex md5 of a file, read in chunks."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 def verify_md5(path, expected: str) -> bool:

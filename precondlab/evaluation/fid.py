@@ -80,9 +80,7 @@ def match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
 def frechet_distance_of_features(feats1: np.ndarray, feats2: np.ndarray) -> float:
     """clean-fid's Fréchet distance between the Gaussians fitted to two feature sets (N, D)."""
     from cleanfid import fid as cleanfid_fid
-    mu1, s1 = np.mean(feats1, axis=0), np.cov(feats1, rowvar=False)
-    mu2, s2 = np.mean(feats2, axis=0), np.cov(feats2, rowvar=False)
-    return float(cleanfid_fid.frechet_distance(mu1, s1, mu2, s2))
+    return float(cleanfid_fid.fid_from_feats(feats1, feats2))
 
 
 class _Generator:

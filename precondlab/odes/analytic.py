@@ -29,6 +29,7 @@ import torch
 from torch.func import jvp
 
 from precondlab.fileio import atomic_write
+from precondlab.hashing import update_with_tensor
 from precondlab.odes.base import ODECoefficients, ODEGeneralization
 from precondlab.registry import register
 
@@ -179,9 +180,7 @@ def _hash_into(h, value, depth: int = 0) -> None:
     elif hasattr(value, "fingerprint") and callable(value.fingerprint) and not isinstance(value, type):
         h.update(f"fp:{value.fingerprint()}".encode())
     elif isinstance(value, torch.Tensor):
-        t = value.detach().cpu().contiguous()
-        h.update(f"tensor:{t.dtype}:{tuple(t.shape)}:".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        update_with_tensor(h, "tensor", value)
     elif isinstance(value, torch.nn.Module):
         _hash_into(h, {"module": type(value).__name__, **value.state_dict()}, depth + 1)
     elif value is None or isinstance(value, (bool, int, float, str)):

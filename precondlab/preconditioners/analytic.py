@@ -75,10 +75,13 @@ class AnalyticPrecond(Preconditioner):
         """Table indices of (t, s) when both lie on the tabulated grid, else None."""
         if self.knots is None:
             return None
-        idx = [_nearest(self.knots, v.double().cpu().contiguous()) for v in (t, s)]
-        for i, v in zip(idx, (t, s)):
-            if not bool(_on_knot(self.knots, i, v.double().cpu())):
+        idx = []
+        for v in (t, s):
+            v = v.double().cpu().contiguous()
+            i = _nearest(self.knots, v)
+            if not bool(_on_knot(self.knots, i, v)):
                 return None
+            idx.append(i)
         return idx
 
     def _grid_lookup(self, t, s):

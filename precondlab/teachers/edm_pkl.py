@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from precondlab.errors import UserInputError
+from precondlab.hashing import update_with_file, update_with_tensor
 from precondlab.nets.songunet import SongUNet
 from precondlab.preconditioners.base import edm_scalings
 from precondlab.registry import register
@@ -347,14 +348,10 @@ class EDMNetTeacher(Teacher):
         path = Path(self.source)
         if path.is_file():
             h.update(b"file:")
-            with open(path, "rb") as f:
-                while block := f.read(1 << 20):
-                    h.update(block)
+            update_with_file(h, path)
         else:
             for name, tensor in self.net.state_dict().items():
-                t = tensor.detach().cpu().contiguous()
-                h.update(f"{name}:{t.dtype}:{tuple(t.shape)}:".encode())
-                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+                update_with_tensor(h, name, tensor)
         h.update(b"data:" + _dataset_fingerprint(self.dataset).encode())
         self._fingerprint = (self.source, h.hexdigest())
         return self._fingerprint[1]
@@ -419,9 +416,7 @@ def _dataset_fingerprint(dataset: Any) -> str:
     for attr in ("images", "labels", "points"):
         value = getattr(dataset, attr, None)
         if isinstance(value, torch.Tensor):
-            t = value.detach().cpu().contiguous()
-            h.update(f"{attr}:{t.dtype}:{tuple(t.shape)}:".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            update_with_tensor(h, attr, value)
     return h.hexdigest()
 
 

@@ -13,13 +13,13 @@ whose recorded size or sha256 is not that of the weights file is refused (Checkp
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from precondlab.hashing import file_digest
 from precondlab.registry import register
 from precondlab.schedule import Schedule
 from precondlab.teachers.edm_pkl import CheckpointError, EDMNetTeacher, build_songunet
@@ -69,13 +69,9 @@ def read_sidecar(path: str | Path) -> dict:
     return meta
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+def file_sha256(path: str | Path) -> str:
     """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def check_sidecar(meta: dict, weights: str | Path, side: str | Path) -> None:
@@ -163,5 +159,5 @@ def state_dict_teacher(path: str | None = None,                     # .pt / .pth
     net = build_songunet(kwargs, load_tensors(path), str(path))
     teacher = EDMNetTeacher(net, precond, sigma_data=sigma_data, beta_d=beta_d, beta_min=beta_min, M=M,
                             schedule=schedule, dataset=dataset, device=device, source=str(path))
-    teacher.source, teacher.sidecar = str(path), meta
+    teacher.sidecar = meta
     return teacher
