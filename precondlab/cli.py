@@ -44,12 +44,28 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
 
+def _resume_hint(args, exc) -> str:
+    files = " ".join(list(args.config) + [f"--gin_file {f}" for f in args.gin_file])
+    extra = "".join(f" --gin_bindings {b!r}" for b in args.gin_bindings)
+    uri = f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""
+    return f"precondlab run {files}{extra}{uri} --resume {exc.run_id}"
+
+
 def cmd_run(args) -> int:
     from precondlab import experiment
+    from precondlab.interrupt import Interrupted
     cfg = _load(args)
-    result = experiment.run(cfg, tracking_uri=args.tracking_uri, experiment_name=args.experiment,
-                            progress=not args.no_progress)
+    try:
+        result = experiment.run(cfg, tracking_uri=args.tracking_uri, experiment_name=args.experiment,
+                                progress=not args.no_progress, resume=args.resume)
+    except Interrupted as exc:
+        saved = (f"checkpoint of step {exc.checkpoint} logged" if exc.checkpoint is not None
+                 else "no checkpoint yet")
+        resume = f"; resume with: {_resume_hint(args, exc)}" if exc.checkpoint is not None else ""
+        print(f"precondlab: {exc} (MLflow run {exc.run_id} marked KILLED, {saved}){resume}", file=sys.stderr)
+        return exc.exit_code
     rows = [(k, f"{v:.4g}") for k, v in sorted(result.final.items())]
+    rows += [(k[len("eval."):], str(v)) for k, v in sorted(result.info.items()) if k.startswith("eval.times.")]
     rows += [("mlflow run", result.run_id), ("checkpoint", result.checkpoint or "-")]
     print("\nsummary (final evaluation of the EMA student; lower is better, except psnr):")
     print(_table(rows))
@@ -96,6 +112,14 @@ def cmd_gap(args) -> int:
     return 0
 
 
+def cmd_sync(args) -> int:
+    from precondlab import tracking
+    for folder in args.folders:
+        sent = tracking.sync(folder, args.tracking_uri)
+        print(f"{folder}: {sent} logged operations sent")
+    return 0
+
+
 def cmd_sweep(args) -> int:
     from precondlab import sweep
     return sweep.main_args(args)
@@ -118,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiment", default="precondlab", help="MLflow experiment name")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="also print the final metrics as JSON")
+    p.add_argument("--resume", metavar="RUN_ID", help="continue this MLflow run from its last checkpoint "
+                                                      "('latest': the newest unfinished run of the experiment)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("list", help="list registered entries with their one-line docs")
@@ -149,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: 2, or one trial's "
                    "CPUs if more, at most the cpu count)")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("sync", help="send the logs a run kept in ./precondlab-unsynced/<run id>/ while its "
+                                    "MLflow store was unreachable")
+    p.add_argument("folders", nargs="+", help="precondlab-unsynced/<run id> folders")
+    p.add_argument("--tracking-uri", help="send them here instead of the store the run used")
+    p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("train-teacher", help="train a SongUNet teacher with EDM's loss on a dataset "
                                              "(gin: teacher_training.*, teacher_net.*)")

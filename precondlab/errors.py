@@ -5,6 +5,7 @@
   says what to do; the CLI prints that message alone and exits with status 2. The concrete
   classes (``DatasetError``, ``CheckpointError``, ``FeatureExtractorError``) live beside the code
   that raises them and subclass it.
+* ``CheckpointError``: a checkpoint file that cannot be used (named, with what is wrong).
 * ``NonFiniteLossError``: training diverged; the run stops and the last good checkpoint is kept.
 """
 
@@ -15,6 +16,15 @@ import re
 
 class UserInputError(Exception):
     """Bad input the user can fix; the message says which file or setting and what to do."""
+
+
+class CheckpointError(UserInputError, RuntimeError):
+    """A checkpoint (teacher, student, training state) that is missing, corrupt, unsupported or asks
+    to run code; the message names the file and what is wrong with it, in one line."""
+
+
+class ResumeError(UserInputError):
+    """A run that cannot be resumed as asked (unknown run, no checkpoint, a config that changes the math)."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -33,4 +43,4 @@ def user_message(exc: BaseException) -> str:
     return _GIN_CONTEXT.sub("", str(exc)).strip()
 
 
-__all__ = ["NonFiniteLossError", "UserInputError", "user_message"]
+__all__ = ["CheckpointError", "NonFiniteLossError", "ResumeError", "UserInputError", "user_message"]

@@ -17,12 +17,15 @@ from typing import Callable
 import gin
 import torch
 
-from precondlab import plots, tracking
+from precondlab import plots, tracking, validation
 from precondlab.config import ConfigError, ParsedConfig
-from precondlab.errors import NonFiniteLossError, UserInputError
-from precondlab.fileio import atomic_write
+from precondlab.errors import NonFiniteLossError, UserInputError, user_message
 from precondlab.gap import GapEstimator
+from precondlab.interrupt import Interrupted, SignalGuard
 from precondlab.metrics import Evaluator
+from precondlab.training import checkpoint
+from precondlab.training import resume as resume_run
+from precondlab.training.loop import StepSettings, TrainState, check_ema, check_finite, train_step
 
 
 @gin.configurable("experiment")
@@ -39,7 +42,9 @@ class Experiment:
     grad_clip: float = 1.0                         # max gradient norm (0: off)
     seed: int = 0
     eval_every: int = 250
-    checkpoint_every: int = 1000
+    checkpoint_every: int = 1000                   # steps between checkpoints
+    checkpoint_minutes: float = 10.0               # and minutes of wall-clock between them (0: steps only)
+    keep_checkpoints: int = 3                      # the newest K are kept (locally and in the artifact store)
     gap_pairs: tuple = ((10.0, 1.0), (1.0, 0.1), (80.0, 0.002))   # logged once for analytic teachers
     device: str = "cpu"
     amp: str = "auto"                              # 'bf16' autocast, 'off', or 'auto' (bf16 on CUDA)
@@ -49,6 +54,33 @@ class Experiment:
     compile_mode: str | None = None                # e.g. 'max-autotune' (inductor only)
     name: str = ""                                 # MLflow run name (default: preconditioner + seed)
     evaluator: Evaluator = field(default_factory=Evaluator)
+
+    def __post_init__(self):
+        """Bad values fail here, when the config is built: before statistics, data or an MLflow run."""
+        v = validation
+        v.positive_int("experiment.steps", self.steps)
+        v.positive_int("experiment.batch_size", self.batch_size)
+        v.positive_float("experiment.lr", self.lr)
+        v.in_range("experiment.ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
+        v.nonnegative_float("experiment.grad_clip", self.grad_clip)
+        v.nonnegative_int("experiment.seed", self.seed)
+        v.positive_int("experiment.eval_every", self.eval_every)
+        v.positive_int("experiment.checkpoint_every", self.checkpoint_every)
+        v.nonnegative_float("experiment.checkpoint_minutes", self.checkpoint_minutes)
+        v.positive_int("experiment.keep_checkpoints", self.keep_checkpoints)
+        v.one_of("experiment.amp", self.amp, ("auto", "bf16", "off"))
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise validation.SettingError(f"experiment.device = {self.device!r}: must be a torch device such as "
+                                          f"'cpu', 'cuda' or 'cuda:1'") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise validation.SettingError(f"experiment.device = {self.device!r}: no CUDA device is visible here "
+                                          f"(use 'cpu')")
+        for pair in self.gap_pairs:
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                raise validation.SettingError(f"experiment.gap_pairs = {self.gap_pairs!r}: must be (t, s) pairs, "
+                                              f"e.g. ((10.0, 1.0),)")
 
 
 @dataclass
@@ -60,6 +92,7 @@ class RunResult:
     seconds: float
     stats_seconds: float
     checkpoint: str | None
+    info: dict = field(default_factory=dict)   # how the metrics were made (eval.*: NFE times, FID mode)
 
 
 def flatten_operative(text: str) -> dict:
@@ -94,67 +127,90 @@ def compile_in_place(modules, backend: str = "inductor", mode: str | None = None
     return done
 
 
-def _checkpoint(path: Path, step: int, student, target, optimizer) -> Path:
-    with atomic_write(path) as tmp:  # a crash mid-write never clobbers the last good checkpoint
-        torch.save({"step": step, "student": student.state_dict(), "target": target.state_dict(),
-                    "optimizer": optimizer.state_dict()}, tmp)
-    return path
-
-
 def build(config: ParsedConfig | None = None) -> Experiment:
-    """``Experiment()`` from gin's bindings. A missing dataset, checkpoint or weights file
+    """``Experiment()`` from gin's bindings, every configurable's arguments checked. A bad setting is
+    a ``ConfigError`` naming it and the config files; a missing dataset, checkpoint or weights file
     (``UserInputError``) keeps its own message; any other construction error becomes a
     ``ConfigError`` naming the config files."""
+    origin = ", ".join(config.files) if config is not None and config.files else "config"
     try:
         return Experiment()
+    except validation.SettingError as exc:
+        raise ConfigError(f"{origin}: {user_message(exc)}") from None
     except UserInputError:
         raise
     except Exception as exc:  # noqa: BLE001 - gin wraps missing bindings and constructor errors
-        origin = ", ".join(config.files) if config is not None and config.files else "config"
         raise ConfigError(f"{origin}: {str(exc).strip()}") from None
 
 
 def run(config: ParsedConfig, tracking_uri: str | None = None, experiment_name: str = tracking.DEFAULT_EXPERIMENT,
         progress: bool = True, report: Callable[[int, dict], None] | None = None,
-        parent_run_id: str | None = None, tags: dict | None = None, out_dir: str | Path | None = None) -> RunResult:
-    """Run the experiment gin describes; every exception marks the MLflow run FAILED and is re-raised."""
+        parent_run_id: str | None = None, tags: dict | None = None, out_dir: str | Path | None = None,
+        resume: str | None = None) -> RunResult:
+    """Run the experiment gin describes (or continue the run ``resume`` names: a run id or 'latest').
+
+    Every exception marks the MLflow run FAILED and is re-raised; a signal (``Interrupted``) or
+    Ctrl-C marks it KILLED, after a checkpoint of the step that was running."""
     exp = build(config)
     client, uri, exp_id = tracking.connect(tracking_uri, experiment_name)
-    name = exp.name or f"{type(exp.preconditioner).__name__}-seed{exp.seed}"
-    log = tracking.RunLogger(client, exp_id, run_name=name, tags=tags, parent_run_id=parent_run_id)
+    bindings = flatten_operative(gin.config_str())
+    resumed, logged = None, []
+    if resume:
+        previous = resume_run.find_run(client, exp_id, resume)
+        resumed, _, logged = resume_run.fetch_checkpoint(client, previous.info.run_id)
+        resume_run.check_config(resumed["bindings"], bindings, int(resumed["step"]), exp.steps,
+                                previous.info.run_id, previous.info.status == "FINISHED")
+        log = tracking.RunLogger(client, exp_id, resume_run_id=previous.info.run_id)
+        log.tags(resume_run.identity_tags())
+    else:
+        name = exp.name or f"{type(exp.preconditioner).__name__}-seed{exp.seed}"
+        log = tracking.RunLogger(client, exp_id, run_name=name, parent_run_id=parent_run_id,
+                                 tags={**(tags or {}), **resume_run.identity_tags()})
     out = Path(out_dir or log.tmp)  # without out_dir, files live in MLflow only (a CIFAR checkpoint is ~1 GB)
-    ckpt_path, last_good = out / "checkpoint.pt", None
+    ckpts = checkpoint.Checkpointer(out / "checkpoints", log, exp.checkpoint_every, exp.checkpoint_minutes,
+                                    exp.keep_checkpoints, logged)
     try:
-        result = _train(exp, config, log, out, progress, report)
-        log.end("FINISHED")
-        if out_dir is None:
-            result.checkpoint = log.artifact_location("checkpoints", ckpt_path.name)
-        return result
+        with SignalGuard() as guard:
+            result = _train(exp, config, log, progress, report, bindings, guard, ckpts, resumed)
     except BaseException as exc:
-        if ckpt_path.exists():
-            log.artifact(ckpt_path, "checkpoints")
-            last_good = ckpt_path if out_dir is not None else log.artifact_location("checkpoints", ckpt_path.name)
-        log.tag("error", f"{type(exc).__name__}: {exc}"[:5000])
-        log.end("FAILED" if not isinstance(exc, KeyboardInterrupt) else "KILLED")
+        if isinstance(exc, Interrupted):
+            exc.run_id, exc.checkpoint = log.run_id, ckpts.last_step
+            log.tags({"precondlab.interrupted": exc.name, "precondlab.interrupted_at_step": str(exc.step)})
+        else:
+            log.tag("error", f"{type(exc).__name__}: {user_message(exc)}"[:5000])
+        log.end("KILLED" if isinstance(exc, (KeyboardInterrupt, Interrupted)) else "FAILED")
+        log.cleanup()
         if isinstance(exc, NonFiniteLossError):
             raise NonFiniteLossError(f"{exc} (MLflow run {log.run_id} marked FAILED; last good checkpoint: "
-                                     f"{last_good or 'none yet'})") from None
+                                     f"{ckpts.location() or 'none yet'})") from None
         raise
-    finally:
-        log.cleanup()
+    unsent = log.end("FINISHED")
+    if unsent is not None:
+        warnings.warn(f"the MLflow store {uri} did not come back: this run's last logs are in {unsent}; send them "
+                      f"with `precondlab sync {unsent}`", stacklevel=2)
+    result.checkpoint = ckpts.location() if out_dir is None else str(ckpts.last_path)
+    log.cleanup()
+    return result
 
 
-def _train(exp: Experiment, config: ParsedConfig, log, out: Path, progress: bool, report) -> RunResult:
+def _train(exp: Experiment, config: ParsedConfig, log, progress: bool, report, bindings: dict, guard,
+           ckpts: checkpoint.Checkpointer, resumed: dict | None) -> RunResult:
     start = time.perf_counter()
     teacher, precond, objective = exp.teacher, exp.preconditioner, exp.objective
     device = torch.device(exp.device)
     torch.manual_seed(exp.seed)
+    try:  # first: its settings are checked before anything costly (nothing before it draws from torch's RNG)
+        student = exp.student(dim=teacher.dim)
+    except validation.SettingError as exc:
+        raise ConfigError(f"{', '.join(config.files) or 'config'}: {user_message(exc)}") from None
 
-    operative_before = gin.config_str()
-    log.text(config.text, "config.gin")
-    log.params({"teacher": type(teacher).__name__, "preconditioner": type(precond).__name__,
-                **{f"precond.{k}": v for k, v in precond.describe().items()},
-                **flatten_operative(operative_before)})
+    if resumed is None:
+        log.text(config.text, "config.gin")
+        log.params({"teacher": type(teacher).__name__, "preconditioner": type(precond).__name__,
+                    **{f"precond.{k}": v for k, v in precond.describe().items()}, **bindings})
+    else:  # params are immutable in MLflow: the resumed config is an artifact, the new length a tag
+        log.text(config.text, f"config-at-step-{resumed['step']}.gin", "resumed")
+        log.tags({"precondlab.resumed_from_step": str(resumed["step"]), "precondlab.steps": str(exp.steps)})
 
     # The evaluator first (fixed noise, teacher references, FID feature extractor and reference
     # statistics): a missing Inception file or dataset fails here, in seconds, not after the
@@ -164,31 +220,37 @@ def _train(exp: Experiment, config: ParsedConfig, log, out: Path, progress: bool
     with torch.random.fork_rng(devices=[]):
         exp.evaluator.setup(teacher, grid)
     eval_info = getattr(exp.evaluator, "info", None)
-    if eval_info:  # the same eval.* params log_artifacts logs at the end, so a failed run has them
+    if eval_info and resumed is None:  # the same eval.* params log_artifacts logs at the end, so a failed run has them
         log.params({f"eval.{k}": v for k, v in eval_info.items()})
 
-    # Statistics (Analytic-Precond) and the preconditioning's exact gaps, both logged once.
+    # Statistics (Analytic-Precond) and the preconditioning's exact gaps, both logged once; a
+    # resumed run takes the statistics its checkpoint kept.
     t0 = time.perf_counter()
-    precond.fit(teacher)
-    stats_seconds = time.perf_counter() - t0
-    coeffs = getattr(precond, "coeffs", None)
-    info = coeffs.info if coeffs is not None else {}
-    log.metrics({"stats/seconds": stats_seconds,  # this run's cost: a cache hit's is its load time
-                 **({"stats/denoiser_evals": info["denoiser_evals"]} if "denoiser_evals" in info else {}),
-                 **({"stats/cached": float(info["cached"]), "stats/estimate_seconds": info["seconds"]}
-                    if "cached" in info and "seconds" in info else {})}, step=0)
+    if resumed is None:
+        precond.fit(teacher)
+        stats_seconds = time.perf_counter() - t0
+        coeffs = getattr(precond, "coeffs", None)
+        info = coeffs.info if coeffs is not None else {}
+        log.metrics({"stats/seconds": stats_seconds,  # this run's cost: a cache hit's is its load time
+                     **({"stats/denoiser_evals": info["denoiser_evals"]} if "denoiser_evals" in info else {}),
+                     **({"stats/cached": float(info["cached"]), "stats/estimate_seconds": info["seconds"]}
+                        if "cached" in info and "seconds" in info else {})}, step=0)
+    else:
+        precond.restore_statistics(teacher, resumed.get("statistics"))
+        stats_seconds = float(resumed.get("stats_seconds", 0.0))
     precond.tabulate(grid)
-    log.figure(plots.coefficients(precond, grid), "coefficients.png")
-    if coeffs is not None:
-        log.figure(plots.ode_coefficients(coeffs), "l_s_curves.png")
-    if teacher.analytic and precond.denoiser_form and exp.gap_pairs:
-        gaps = GapEstimator(teacher, num_samples=2048)
-        for t, s in exp.gap_pairs:
-            row = gaps.row(type(precond).__name__, precond, float(t), float(s))
-            log.metrics({f"gap_t/{t}_to_{s}": row.gap_t, f"gap_s/{t}_to_{s}": row.gap_s}, step=0)
+    if resumed is None:
+        log.figure(plots.coefficients(precond, grid), "coefficients.png")
+        coeffs = getattr(precond, "coeffs", None)
+        if coeffs is not None:
+            log.figure(plots.ode_coefficients(coeffs), "l_s_curves.png")
+        if teacher.analytic and precond.denoiser_form and exp.gap_pairs:
+            gaps = GapEstimator(teacher, num_samples=2048)
+            for t, s in exp.gap_pairs:
+                row = gaps.row(type(precond).__name__, precond, float(t), float(s))
+                log.metrics({f"gap_t/{t}_to_{s}": row.gap_t, f"gap_s/{t}_to_{s}": row.gap_s}, step=0)
 
-    student = exp.student(dim=teacher.dim)
-    if exp.init_from_teacher and hasattr(teacher, "net"):
+    if exp.init_from_teacher and hasattr(teacher, "net") and resumed is None:
         from precondlab.nets.songunet import init_from_teacher
         copied, _ = init_from_teacher(student, teacher.net)
         source = teacher.net.state_dict()
@@ -202,80 +264,88 @@ def _train(exp: Experiment, config: ParsedConfig, log, out: Path, progress: bool
     if device.type == "cuda" and len(teacher.shape) == 3:
         student = student.to(memory_format=torch.channels_last)
     use_bf16 = exp.amp == "bf16" or (exp.amp == "auto" and device.type == "cuda")
-    target = copy.deepcopy(student).requires_grad_(False)
+    target = copy.deepcopy(student).requires_grad_(False).eval()   # evaluated and used as the CTM target
     if exp.compile:  # after the deepcopy: the EMA target gets its own compiled callable
         compiled = compile_in_place((student, target, getattr(teacher, "net", None)),
                                     exp.compile_backend, exp.compile_mode)
-        log.params({"compiled_modules": compiled})
+        if resumed is None:
+            log.params({"compiled_modules": compiled})
     optimizer = torch.optim.Adam(student.parameters(), lr=exp.lr)
-    gen = torch.Generator(device=device).manual_seed(exp.seed)
-    data_gen = torch.Generator().manual_seed(exp.seed + 1)
-    log.params({"student_parameters": sum(p.numel() for p in student.parameters())})
-
-    history, ckpt_path, ckpt = [], out / "checkpoint.pt", None
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=exp.steps, desc=log.run.info.run_name, unit="it", dynamic_ncols=True)
+    state = TrainState(student, target, optimizer, noise_gen=torch.Generator(device=device).manual_seed(exp.seed),
+                       data_gen=torch.Generator().manual_seed(exp.seed + 1))
+    if resumed is None:
+        log.params({"student_parameters": sum(p.numel() for p in student.parameters())})
+    else:
+        state.load_state_dict(resumed)
+        checkpoint.restore_rng(resumed["rng"], state.generators())
+        if hasattr(exp.evaluator, "load_state_dict"):
+            exp.evaluator.load_state_dict(resumed.get("evaluator") or {})
+    settings = StepSettings(teacher, precond, objective, exp.batch_size, device, use_bf16, exp.grad_clip,
+                            exp.ema_decay)
+    elapsed_before = float(resumed.get("elapsed", 0.0)) if resumed else 0.0
 
     def evaluate(step):
-        target.eval()
+        check_ema(state)
         metrics = exp.evaluator(precond, target, device=device)
-        history.append((step, metrics))
+        state.history.append((step, metrics))
         log.metrics(metrics, step)
         if report is not None:
             report(step, metrics)
-        return metrics
 
-    evaluate(0)
-    train_start = time.perf_counter()
-    bad = None
-    for step in range(1, exp.steps + 1):
-        x0 = teacher.sample_x0(exp.batch_size, data_gen).to(torch.float32)
-        if device.type == "cuda":  # from pinned memory the copy is queued, not waited for
-            x0 = x0.pin_memory().to(device, non_blocking=True)
-        else:
-            x0 = x0.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss, logs = objective(student, target, precond, teacher, x0, gen)
-        # On CUDA the finiteness check (a host sync) runs at log and checkpoint steps only; a
-        # non-finite loss in between is remembered, so no checkpoint is ever written after one.
-        bad = ~torch.isfinite(loss.detach()) if bad is None else bad | ~torch.isfinite(loss.detach())
-        if device.type != "cuda" or step % 50 == 0 or step % exp.checkpoint_every == 0 or step == exp.steps:
-            if bool(bad):
-                raise NonFiniteLossError(f"non-finite loss at step {step}" if device.type != "cuda"
-                                         else f"non-finite loss at or before step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if exp.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(student.parameters(), exp.grad_clip)
-        optimizer.step()
-        with torch.no_grad():
-            for p_t, p in zip(target.parameters(), student.parameters()):
-                p_t.lerp_(p, 1 - exp.ema_decay)
-        if step % 50 == 0 or step == exp.steps:
-            log.metrics({"loss": float(loss.detach()), **{k: float(v) for k, v in logs.items()}}, step)
+    def save_checkpoint():
+        check_finite(state)
+        check_ema(state)
+        evaluator_state = exp.evaluator.state_dict() if hasattr(exp.evaluator, "state_dict") else {}
+        ckpts.save({**state.state_dict(), "rng": checkpoint.capture_rng(state.generators()),
+                    "statistics": precond.statistics(), "bindings": bindings, "evaluator": evaluator_state,
+                    "stats_seconds": stats_seconds, "elapsed": elapsed_before + time.perf_counter() - start})
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=exp.steps, initial=state.step, desc=log.run.info.run_name, unit="it", dynamic_ncols=True)
+    if resumed is None:
+        evaluate(0)
+    train_start, steps_before = time.perf_counter(), state.step
+    guard.deferring = True  # a signal now ends the step, then the run (with a checkpoint)
+    try:
+        while state.step < exp.steps:
+            loss, logs = train_step(state, settings)
+            step = state.step
+            if step % 50 == 0 or step == exp.steps:
+                check_finite(state)
+                log.metrics({"loss": float(loss), **{k: float(v) for k, v in logs.items()}}, step)
+            if bar is not None:
+                bar.update(1)
+                if step % 50 == 0:
+                    bar.set_postfix(loss=f"{float(loss):.3g}")
+            if step % exp.eval_every == 0 or step == exp.steps:
+                check_finite(state)
+                evaluate(step)
+            if ckpts.due(step) or step == exp.steps:
+                save_checkpoint()
+            guard.check(step)
+    except Interrupted as exc:
+        if exc.step is not None and ckpts.last_step != state.step:  # the step ended cleanly: keep it
+            save_checkpoint()
+        exc.step = state.step
+        raise
+    finally:
+        guard.deferring = False
         if bar is not None:
-            bar.update(1)
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{float(loss.detach()):.3g}")
-        if step % exp.eval_every == 0 or step == exp.steps:
-            evaluate(step)
-        if step % exp.checkpoint_every == 0 or step == exp.steps:
-            ckpt = _checkpoint(ckpt_path, step, student, target, optimizer)
-    if bar is not None:
-        bar.close()
+            bar.close()
     train_seconds = time.perf_counter() - train_start
 
-    log.artifact(ckpt, "checkpoints")
     log.text(gin.operative_config_str(), "operative_config.gin")
     exp.evaluator.log_artifacts(log, precond, target, device)
-    final = dict(history[-1][1])
-    seconds = time.perf_counter() - start
+    final = dict(state.history[-1][1])
+    seconds = elapsed_before + time.perf_counter() - start
     summary = {"summary/seconds": seconds, "summary/train_seconds": train_seconds,
+               "summary/steps_per_second": (state.step - steps_before) / max(train_seconds, 1e-9),
                "summary/stats_share": stats_seconds / seconds}
     log.metrics(summary, exp.steps)
     final.update(summary)
     if not all(math.isfinite(v) for v in final.values()):
         raise NonFiniteLossError(f"non-finite final metrics {final}")
-    return RunResult(log.run_id, "FINISHED", final, history, seconds, stats_seconds, str(ckpt))
+    info = {f"eval.{k}": v for k, v in (getattr(exp.evaluator, "info", None) or {}).items()}
+    return RunResult(log.run_id, "FINISHED", final, state.history, seconds, stats_seconds, None, info)

@@ -15,7 +15,7 @@ import gin
 import torch
 
 from precondlab.registry import get
-from precondlab.sampling import sample_student
+from precondlab.sampling import describe_times, nfe_times, sample_student
 from precondlab.teachers.solvers import solve
 
 
@@ -24,6 +24,7 @@ class ImageEvaluator:
     def __init__(self,
                  nfes: Sequence[int] = (1, 2),       # step counts evaluated
                  sampler: str = "deterministic",     # registered sampler for the k-step samples
+                 nfe_times=None,                     # {k: (sigma_max, ..., sigma_min)}; default Karras k+1
                  num_align: int = 256,               # fixed noise draws for trajectory alignment
                  teacher_steps: int = 18,            # Heun grid points of the teacher reference (NFE 2N-1)
                  fid=None,                           # a FIDEvaluator (@fid()), or None for no FID
@@ -31,7 +32,14 @@ class ImageEvaluator:
                  batch_size: int = 256,              # sampling batch
                  grid_images: int = 64,              # images per logged sample grid
                  seed: int = 1234):
+        from precondlab import validation as v
+        nfes = v.positive_ints("image_evaluator.nfes", nfes)
+        v.positive_int("image_evaluator.num_align", num_align)
+        v.positive_int("image_evaluator.teacher_steps", teacher_steps)
+        v.positive_int("image_evaluator.fid_every", fid_every)
+        v.positive_int("image_evaluator.batch_size", batch_size)
         self.nfes, self.sampler = tuple(nfes), get("sampler", sampler)
+        self.nfe_times = dict(nfe_times or {})
         self.num_align, self.teacher_steps, self.fid, self.fid_every = num_align, teacher_steps, fid, fid_every
         self.batch_size, self.grid_images, self.seed = batch_size, grid_images, seed
         self.calls = 0
@@ -39,6 +47,8 @@ class ImageEvaluator:
 
     def setup(self, teacher, train_grid=None):
         self.teacher = teacher
+        self.times = nfe_times(teacher.schedule, self.nfes, self.nfe_times)
+        self.info.update({f"times.nfe{k}": describe_times(ts) for k, ts in self.times.items()})
         if self.fid is not None:
             # First, so that a missing Inception file or dataset fails before the teacher's Heun
             # references: the feature extractor, the reference statistics (and the substitute
@@ -56,8 +66,15 @@ class ImageEvaluator:
                                         for z in self.z.split(self.batch_size)])
         return self
 
+    def state_dict(self) -> dict:
+        """What changes between evaluations (kept in training checkpoints): the FID cadence."""
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.calls = int(state.get("calls", self.calls))
+
     def _sample(self, precond, net, nfe, z, device):
-        return sample_student(self.sampler, precond, net, z, self.teacher.schedule, nfe, seed=self.seed,
+        return sample_student(self.sampler, precond, net, z, self.teacher.schedule, self.times[nfe], seed=self.seed,
                               device=device, batch_size=self.batch_size).float()
 
     def __call__(self, precond, net, device="cpu", dtype=torch.float32) -> dict[str, float]:

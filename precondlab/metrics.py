@@ -4,17 +4,24 @@
 * ``traj_mse/nfe{k}``: per-dimension squared error between the k-step student and the teacher's
   exact flow from the same noise (trajectory alignment);
 * ``jump_mse``: analytic teachers only: E|G(x_t, t, s) - Phi_{t->s}(x_t)|^2 / d on fixed grid pairs.
+
+The k-step times are a Karras grid of k + 1 points unless ``nfe_times`` says otherwise; they
+are logged as the parameters ``eval.times.nfe{k}`` and printed in the run's summary. At the end
+of a run on an analytic teacher, the 2-step error as a function of the intermediate time is
+logged (``plots/two_step_vs_time.png`` and ``eval/two_step_vs_time.json``): a student that is
+accurate only on its training grid shows there as spikes between grid times.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import json
+from typing import Mapping, Sequence
 
 import gin
 import torch
 
 from precondlab.registry import get
-from precondlab.sampling import sample_student
+from precondlab.sampling import describe_times, nfe_times, sample_student
 from precondlab.teachers.solvers import reference_flow
 
 
@@ -25,26 +32,52 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: torch.Tens
     return float(((pa - pb) ** 2).mean().sqrt())
 
 
+def intermediate_times(schedule, train_grid: torch.Tensor | None, per_interval: int = 3) -> list[float]:
+    """Intermediate times for the 2-step probe: the training grid's inner points, ``per_interval``
+    points between neighbours (geometric), t = 1 (c_noise = 0) and the default 2-step time."""
+    lo, hi = schedule.sigma_min, schedule.sigma_max
+    times = {1.0, float(schedule.karras(3)[1])}
+    if train_grid is not None:
+        grid = sorted(float(t) for t in train_grid if lo < float(t) < hi)
+        times.update(grid)
+        for a, b in zip(grid[:-1], grid[1:]):
+            times.update(a * (b / a) ** (i / (per_interval + 1)) for i in range(1, per_interval + 1))
+    return sorted(t for t in times if lo < t < hi)
+
+
 @gin.configurable("evaluator")
 class Evaluator:
     def __init__(self,
                  num_samples: int = 2048,             # fixed noise draws per evaluation
                  nfes: Sequence[int] = (1, 2),        # step counts evaluated
                  sampler: str = "deterministic",      # registered sampler used for the k-step samples
+                 nfe_times: Mapping[int, Sequence[float]] | None = None,  # {k: (sigma_max, ..., sigma_min)}; default Karras k+1
                  num_projections: int = 128,          # sliced-Wasserstein directions
                  num_jump_pairs: int = 512,           # (t, s) pairs for jump_mse
                  reference_steps: int = 256,          # RK4 steps of the exact flow
                  seed: int = 1234):
+        from precondlab import validation as v
+        v.positive_int("evaluator.num_samples", num_samples)
+        if num_samples < 2:
+            raise v.SettingError(f"evaluator.num_samples = {num_samples!r}: must be at least 2")
+        nfes = v.positive_ints("evaluator.nfes", nfes)
+        v.positive_int("evaluator.num_projections", num_projections)
+        v.nonnegative_int("evaluator.num_jump_pairs", num_jump_pairs)
+        v.positive_int("evaluator.reference_steps", reference_steps)
         self.num_samples, self.nfes, self.sampler = num_samples, tuple(nfes), get("sampler", sampler)
+        self.nfe_times = dict(nfe_times or {})
         self.num_projections, self.num_jump_pairs = num_projections, num_jump_pairs
         self.reference_steps, self.seed = reference_steps, seed
         self.ready = False
+        self.info: dict = {}
 
     def setup(self, teacher, train_grid: torch.Tensor | None = None):
         """Draw the fixed noise, data, projections and (analytic teachers) exact flows once."""
         gen = torch.Generator().manual_seed(self.seed)
         sched = teacher.schedule
-        self.teacher = teacher
+        self.teacher, self.train_grid = teacher, train_grid
+        self.times = nfe_times(sched, self.nfes, self.nfe_times)
+        self.info = {f"times.nfe{k}": describe_times(ts) for k, ts in self.times.items()}
         self.z = torch.randn(self.num_samples, *teacher.shape, generator=gen, dtype=torch.float64)
         self.data = teacher.sample_x0(self.num_samples, gen)
         proj = torch.randn(teacher.dim, self.num_projections, generator=gen, dtype=torch.float64)
@@ -65,13 +98,36 @@ class Evaluator:
         return self
 
     def samples(self, precond, net, nfe: int, device="cpu", dtype=torch.float32) -> torch.Tensor:
-        return sample_student(self.sampler, precond, net, self.z, self.teacher.schedule, nfe,
+        return sample_student(self.sampler, precond, net, self.z, self.teacher.schedule, self.times[nfe],
                               seed=self.seed, device=device, dtype=dtype).double()
 
+    @torch.no_grad()
+    def two_step_errors(self, precond, net, taus: Sequence[float], device="cpu", dtype=torch.float32) -> dict:
+        """traj_mse of the deterministic 2-step student sigma_max -> tau -> sigma_min, per tau
+        (analytic teachers: against the exact flow from the same noise)."""
+        if self.exact is None:
+            raise ValueError("the 2-step probe needs an analytic teacher (an exact flow to compare with)")
+        sched = self.teacher.schedule
+        out = {}
+        for tau in taus:
+            ts = [sched.sigma_max, float(tau), sched.sigma_min]
+            x = sample_student(get("sampler", "deterministic"), precond, net, self.z, sched, ts,
+                               seed=self.seed, device=device, dtype=dtype).double()
+            out[float(tau)] = float(((x - self.exact) ** 2).mean())
+        return out
+
     def log_artifacts(self, log, precond, net, device="cpu") -> None:
-        """The sample scatter plot (data, exact flow, student at each NFE)."""
+        """The sample scatter plot (data, exact flow, student at each NFE) and, on analytic
+        teachers, the 2-step error against the intermediate time."""
         from precondlab import plots
         log.figure(plots.samples(self, precond, net, device), "samples.png")
+        if self.exact is not None:
+            errors = self.two_step_errors(precond, net, intermediate_times(self.teacher.schedule, self.train_grid),
+                                          device)
+            grid = [] if self.train_grid is None else [float(t) for t in self.train_grid]
+            log.figure(plots.two_step_vs_time(errors, grid, self.times.get(2)), "two_step_vs_time.png")
+            log.text(json.dumps({"intermediate_time": list(errors), "traj_mse": list(errors.values()),
+                                 "training_grid": grid}, indent=1), "two_step_vs_time.json", "eval")
 
     @torch.no_grad()
     def __call__(self, precond, net, device="cpu", dtype=torch.float32) -> dict[str, float]:

@@ -64,3 +64,25 @@ def samples(evaluator, precond, net, device="cpu"):
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def two_step_vs_time(errors: dict, training_grid, default_times=None):
+    """traj_mse of the 2-step student sigma_max -> tau -> sigma_min against tau, training-grid times
+    marked: an accurate student gives a smooth curve, one that learned only its grid gives spikes."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    taus, values = list(errors), list(errors.values())
+    ax.plot(taus, values, marker=".", ms=4, label="2-step error")
+    on_grid = [(t, v) for t, v in errors.items() if any(abs(t - g) <= 1e-9 * g for g in training_grid)]
+    if on_grid:
+        ax.scatter(*zip(*on_grid), color="C3", zorder=3, s=16, label="training-grid time")
+    if default_times is not None and len(default_times) == 3:
+        ax.axvline(default_times[1], color="gray", ls="--", lw=1, label=f"evaluated nfe2 time {default_times[1]:.4g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("intermediate time tau")
+    ax.set_ylabel("traj_mse of sigma_max -> tau -> sigma_min")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

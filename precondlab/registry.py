@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.metadata
+import inspect
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -112,6 +113,17 @@ def get(kind: str, name: str) -> Any:
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         known = ", ".join(sorted(_ENTRIES[kind])) or "(none)"
         raise UnknownEntryError(f"Unknown {kind} {name!r}.{hint} Registered {kind}s: {known}.") from None
+
+
+def name_of(obj: Any) -> str:
+    """'<kind>.<name>' of a registered class, function or instance (how gin files name it); else the
+    class name. Used to name settings in error messages."""
+    target = obj if isinstance(obj, type) or inspect.isfunction(obj) else type(obj)
+    for kind, entries in _ENTRIES.items():
+        for entry in entries.values():
+            if entry.obj is target:
+                return f"{kind}.{entry.name}"
+    return target.__name__
 
 
 def create(kind: str, name: str, **kwargs: Any) -> Any:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+from typing import Mapping, Sequence
 
 import torch
 
@@ -35,17 +36,48 @@ def sample_gamma(jump, x, ts, *, generator=None, gamma: float = 0.5):
 
 
 def nfe_grid(schedule, nfe: int) -> torch.Tensor:
-    """The default k-step sampling times: a Karras grid of k + 1 points (2 steps: 80 -> 2.515 -> 0.002)."""
+    """The default k-step sampling times: a Karras grid of k + 1 points (2 steps: 80 -> 2.515 -> 0.002),
+    what CTM's own deterministic ("exact") sampler uses. Its inner times are not on the N = 18
+    training grid: the student must be usable at any time in [sigma_min, sigma_max]."""
     return schedule.karras(nfe + 1)
 
 
-def sample_student(sampler, precond, net, z, schedule, nfe: int, *, seed: int, device="cpu",
+def nfe_times(schedule, nfes: Sequence[int], times: Mapping[int, Sequence[float]] | None = None) -> dict[int, list[float]]:
+    """The sampling times of each evaluated step count: ``times[k]`` where given (k + 1 times from
+    sigma_max down to sigma_min), else the default Karras grid of k + 1 points."""
+    times = dict(times or {})
+    unknown = sorted(set(times) - set(nfes))
+    if unknown:
+        raise ValueError(f"nfe_times names step counts {unknown} that are not evaluated (nfes = {tuple(nfes)})")
+    out = {}
+    for k in nfes:
+        if int(k) != k or k < 1:
+            raise ValueError(f"evaluated step counts must be positive integers, got {k!r} in nfes = {tuple(nfes)}")
+        ts = [float(v) for v in times[k]] if k in times else nfe_grid(schedule, k).tolist()
+        if len(ts) != k + 1:
+            raise ValueError(f"nfe_times[{k}] must list {k + 1} times (sigma_max ... sigma_min), got {len(ts)}: {ts}")
+        if not all(a > b for a, b in zip(ts[:-1], ts[1:])):
+            raise ValueError(f"nfe_times[{k}] must decrease strictly, got {ts}")
+        if not (math.isclose(ts[0], schedule.sigma_max, rel_tol=1e-6)
+                and math.isclose(ts[-1], schedule.sigma_min, rel_tol=1e-6)):
+            raise ValueError(f"nfe_times[{k}] must run from sigma_max = {schedule.sigma_max} to "
+                             f"sigma_min = {schedule.sigma_min}, got {ts}")
+        out[k] = ts
+    return out
+
+
+def describe_times(ts: Sequence[float]) -> str:
+    """'80 > 2.515 > 0.002': how a run's parameters and summary name an NFE's sampling times."""
+    return " > ".join(f"{t:.4g}" for t in ts)
+
+
+def sample_student(sampler, precond, net, z, schedule, ts: Sequence[float], *, seed: int, device="cpu",
                    dtype=torch.float32, batch_size: int | None = None) -> torch.Tensor:
-    """k-step samples of the student G = precond.jump(net, ...) from x = sigma_max z on the default
-    NFE grid, with a generator seeded by seed + nfe (shared by every evaluator); on the CPU."""
-    ts = nfe_grid(schedule, nfe).tolist()
+    """k-step samples (k = len(ts) - 1) of the student G = precond.jump(net, ...) from x = sigma_max z
+    along the times ts, with a generator seeded by seed + k (shared by every evaluator); on the CPU."""
+    ts = [float(t) for t in ts]
     jump = lambda x, t, s: precond.jump(net, x, t, s)  # noqa: E731
-    gen = torch.Generator(device=device).manual_seed(seed + nfe)
+    gen = torch.Generator(device=device).manual_seed(seed + len(ts) - 1)
     chunks = z.split(batch_size) if batch_size else (z,)
     with torch.no_grad():
         return torch.cat([sampler(jump, (schedule.sigma_max * zb).to(device=device, dtype=dtype), ts,

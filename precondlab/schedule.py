@@ -50,6 +50,14 @@ class EDMSchedule(Schedule):
                  sigma_max: float = 80.0,    # largest time, where noise x = sigma_max * z starts.
                  sigma_data: float = 0.5,    # expected std of the data (EDM scalings).
                  rho: float = 7.0):          # Karras grid exponent.
+        from precondlab import validation as v
+        v.positive_float("schedule.edm.sigma_min", sigma_min)
+        v.positive_float("schedule.edm.sigma_max", sigma_max)
+        if not sigma_min < sigma_max:
+            raise v.SettingError(f"schedule.edm.sigma_min = {sigma_min!r} and sigma_max = {sigma_max!r}: sigma_min "
+                                 f"must be below sigma_max")
+        v.positive_float("schedule.edm.sigma_data", sigma_data)
+        v.positive_float("schedule.edm.rho", rho)
         self.sigma_min, self.sigma_max, self.sigma_data, self.rho = sigma_min, sigma_max, sigma_data, rho
 
     def alpha(self, t):

@@ -41,11 +41,14 @@ def test_mlflow_holds_config_metrics_plots_and_checkpoint(tracking_uri):
             "gap_t/10.0_to_1.0", "summary/seconds"} <= set(run.data.metrics)
     assert len(client.get_metric_history(result.run_id, "swd/nfe2")) == 3      # steps 0, 10, 20
     files = {f.path for f in client.list_artifacts(result.run_id)}
-    files |= {f.path for d in ("plots", "checkpoints") for f in client.list_artifacts(result.run_id, d)}
+    files |= {f.path for d in ("plots", "checkpoints", "eval") for f in client.list_artifacts(result.run_id, d)}
     assert {"config.gin", "operative_config.gin", "plots/coefficients.png", "plots/l_s_curves.png",
-            "plots/samples.png", "checkpoints/checkpoint.pt"} <= files
+            "plots/samples.png", "plots/two_step_vs_time.png", "eval/two_step_vs_time.json",
+            "checkpoints/step-00000020.pt", "checkpoints/step-00000020.pt.json"} <= files
     ckpt = torch.load(result.checkpoint, weights_only=True)  # the artifact itself, in the local store
-    assert ckpt["step"] == 20 and "student" in ckpt
+    assert ckpt["step"] == 20 and "student" in ckpt and "rng" in ckpt
+    assert run.data.params["eval.times.nfe2"] == "80 > 2.515 > 0.002"         # the times each NFE used
+    assert run.data.tags["precondlab.checkpoint_step"] == "20"
 
 
 def test_plain_consistency_distillation(tracking_uri):
@@ -77,9 +80,11 @@ def test_nan_stops_the_run_marks_it_failed_and_keeps_the_last_good_checkpoint(tr
     assert [r.info.status for r in runs] == ["FAILED"]
     assert "NonFiniteLossError" in runs[0].data.tags["error"]
     ckpts = [f.path for f in client.list_artifacts(runs[0].info.run_id, "checkpoints")]
-    assert ckpts == ["checkpoints/checkpoint.pt"]
-    local = client.download_artifacts(runs[0].info.run_id, "checkpoints/checkpoint.pt")
+    assert ckpts == ["checkpoints/step-00000010.pt", "checkpoints/step-00000010.pt.json",
+                     "checkpoints/step-00000020.pt", "checkpoints/step-00000020.pt.json"]
+    local = client.download_artifacts(runs[0].info.run_id, "checkpoints/step-00000020.pt")
     assert torch.load(local, weights_only=True)["step"] == 20           # the last good one
+    assert "step-00000020.pt" in str(err.value)
     assert "last good checkpoint" in str(err.value)
 
 
@@ -195,6 +200,6 @@ def test_a_run_leaves_no_scratch_files_and_points_at_its_artifact(tracking_uri):
     result = _run(tracking_uri, "toy_ctm.gin", ["STEPS = 10"])
     assert set(glob.glob(f"{tempfile.gettempdir()}/precondlab-*")) - before == set()
     run = MlflowClient(tracking_uri).get_run(result.run_id)
-    assert result.checkpoint.endswith("checkpoints/checkpoint.pt") and result.run_id in result.checkpoint
+    assert result.checkpoint.endswith("checkpoints/step-00000010.pt") and result.run_id in result.checkpoint
     assert torch.load(result.checkpoint, weights_only=True)["step"] == 10
     assert run.info.status == "FINISHED"

@@ -290,7 +290,8 @@ def load_classifier(path, device="cpu") -> SmallClassifier:
     if not path.is_file():
         raise FeatureExtractorError(f"Classifier weights not found at {path}; train them with "
                                     f"precondlab.evaluation.features.train_classifier and save_classifier.")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    from precondlab.safe_load import load_tensors
+    blob = load_tensors(path, "classifier weights")
     model = SmallClassifier(**blob["config"])
     model.load_state_dict(blob["state_dict"])
     return model.to(device).eval()

@@ -8,6 +8,9 @@ dg_phi/dlambda is the total derivative along the teacher ODE: one JVP of D with 
 common random numbers (the same x_0 and noise at every grid point), so l is smooth in lambda
 and its finite-difference derivative is usable.
 
+A teacher with a closed-form ``denoiser_trace(x, t)`` (the GMM) gives the exact trace in one
+pass instead of one JVP per coordinate.
+
 Network teachers (images (B, C, H, W), a SongUNet on 'cuda' or 'cpu') are estimated in the
 teacher's own dtype when it declares one (``teacher.dtype``, float32 for a network), else in
 the dtype ``teacher.sample_x0`` returns. With ``cache_dir`` set, a fit is saved to
@@ -34,22 +37,29 @@ from precondlab.odes.base import ODECoefficients, ODEGeneralization
 from precondlab.registry import register
 
 
-def jacobian_trace(fn, x: torch.Tensor, method: str, probes: int, generator: torch.Generator | None):
-    """Per-example tr(d fn / dx): exact (one JVP per coordinate) or Hutchinson (Rademacher)."""
-    flat_dim = x[0].numel()
-    trace = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+def jacobian_trace(denoise, x: torch.Tensor, t: torch.Tensor, method: str, probes: int,
+                   generator: torch.Generator | None, max_batch: int = 4096):
+    """Per-example tr(d denoise(x, t) / dx): exact (one JVP per coordinate) or Hutchinson
+    (Rademacher probes), and the JVPs per example it took. Several tangents share one call (x
+    repeated), up to ``max_batch`` examples per call."""
+    B, flat = x.shape[0], x[0].numel()
     if method == "exact":
-        for j in range(flat_dim):
-            v = torch.zeros_like(x).reshape(x.shape[0], -1)
-            v[:, j] = 1
-            _, jv = jvp(fn, (x,), (v.reshape(x.shape),))
-            trace += jv.reshape(x.shape[0], -1)[:, j]
-        return trace, flat_dim
-    for _ in range(probes):
-        v = torch.randint(0, 2, x.shape, generator=generator, dtype=x.dtype).to(x.device) * 2 - 1
-        _, jv = jvp(fn, (x,), (v,))
-        trace += (v * jv).reshape(x.shape[0], -1).sum(-1)
-    return trace / probes, probes
+        count = flat
+        tangent = lambda j: torch.nn.functional.one_hot(  # noqa: E731 - e_j for every example
+            torch.full((B,), j, device=x.device), flat).to(x.dtype).reshape(x.shape)
+    else:
+        count = probes
+        draws = torch.randint(0, 2, (probes, *x.shape), generator=generator, dtype=x.dtype).to(x.device) * 2 - 1
+        tangent = lambda j: draws[j]  # noqa: E731
+    per_call = max(1, max_batch // B)
+    trace = torch.zeros(B, dtype=x.dtype, device=x.device)
+    for first in range(0, count, per_call):
+        js = range(first, min(count, first + per_call))
+        v = torch.cat([tangent(j) for j in js])
+        xs, ts = x.repeat(len(js), *([1] * (x.ndim - 1))), t.repeat(len(js))
+        _, jv = jvp(lambda y: denoise(y, ts), (xs,), (v,))
+        trace += (v * jv).reshape(len(js), B, -1).sum(-1).sum(0)
+    return trace / (1 if method == "exact" else probes), count
 
 
 @register("ode", "analytic")
@@ -67,8 +77,16 @@ class AnalyticODE(ODEGeneralization):
                  device: str | None = None,    # where x lives: 'cpu', 'cuda'; None: the teacher's device (else cpu)
                  cache_dir: str | None = None,   # save/load fits here, keyed by teacher + settings
                  clamp: float = 20.0):         # |l|, |s| bound: keeps exp(int s) finite on a poor estimate
-        if trace not in ("auto", "exact", "hutchinson"):
-            raise ValueError(f"trace must be 'auto', 'exact' or 'hutchinson', got {trace!r}")
+        from precondlab import validation as v
+        v.one_of("ode.analytic.trace", trace, ("auto", "exact", "hutchinson"))
+        v.positive_int("ode.analytic.num_points", num_points)
+        if num_points < 2:
+            raise v.SettingError(f"ode.analytic.num_points = {num_points!r}: must be at least 2")
+        v.positive_int("ode.analytic.num_samples", num_samples)
+        v.positive_int("ode.analytic.batch_size", batch_size)
+        v.positive_int("ode.analytic.probes", probes)
+        v.nonnegative_int("ode.analytic.exact_max_dim", exact_max_dim)
+        v.positive_float("ode.analytic.clamp", clamp)
         self.num_points, self.num_samples, self.trace = num_points, num_samples, trace
         self.exact_max_dim, self.probes, self.batch_size = exact_max_dim, probes, batch_size
         self.seed, self.device, self.cache_dir, self.clamp = seed, device, cache_dir, clamp
@@ -86,13 +104,27 @@ class AnalyticODE(ODEGeneralization):
                 "probes": self.probes if method == "hutchinson" else None,
                 "seed": self.seed, "dtype": str(dtype).replace("torch.", "")}
 
+    def _method(self, teacher) -> str:
+        if self.trace != "auto":
+            return self.trace
+        return "exact" if teacher.dim <= self.exact_max_dim else "hutchinson"
+
+    def key(self, teacher) -> dict:
+        """What a fit on this teacher depends on; its sha256 (``key_digest``) names the cache file and
+        is checked when a run resumes with statistics from its checkpoint."""
+        dtype = getattr(teacher, "dtype", None)
+        if not isinstance(dtype, torch.dtype):
+            dtype = teacher.sample_x0(1, torch.Generator().manual_seed(0)).dtype
+        return self.cache_key(teacher, self._method(teacher), dtype, teacher.schedule.lam_grid(self.num_points))
+
+    def key_digest(self, teacher) -> str:
+        return key_digest(self.key(teacher))
+
     def fit(self, teacher) -> ODECoefficients:
         start = time.perf_counter()
         sched = teacher.schedule
         gen = torch.Generator().manual_seed(self.seed)
-        method = self.trace
-        if method == "auto":
-            method = "exact" if teacher.dim <= self.exact_max_dim else "hutchinson"
+        method = self._method(teacher)
         x0 = teacher.sample_x0(self.num_samples, gen)
         dtype = getattr(teacher, "dtype", None)
         if isinstance(dtype, torch.dtype) and dtype != x0.dtype:
@@ -103,13 +135,14 @@ class AnalyticODE(ODEGeneralization):
         dev = torch.device(self.device if self.device is not None else getattr(teacher, "device", "cpu"))
         evals = 0
 
-        cache_file = key = None
+        key = self.cache_key(teacher, method, x0.dtype, lam)
+        digest = key_digest(key)
+        cache_file = None
         if self.cache_dir is not None:
-            key = self.cache_key(teacher, method, x0.dtype, lam)
-            digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
             cache_file = Path(self.cache_dir).expanduser() / f"analytic-{digest[:32]}.pt"
             cached = load_cached(cache_file, key, start)
             if cached is not None:
+                cached.info["key_digest"] = digest
                 return cached
 
         def batches():
@@ -127,7 +160,10 @@ class AnalyticODE(ODEGeneralization):
             for xb, nb in batches():
                 x = sched.add_noise(xb, t, nb)
                 tt = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=dev)
-                tr, n_jvp = jacobian_trace(lambda y: teacher.denoise(y, tt), x, method, self.probes, gen)
+                if method == "exact" and hasattr(teacher, "denoiser_trace"):
+                    tr, n_jvp = teacher.denoiser_trace(x, tt), 1   # a closed form (GMM): exact, one pass
+                else:
+                    tr, n_jvp = jacobian_trace(teacher.denoise, x, tt, method, self.probes, gen, self.batch_size)
                 total += float(tr.sum())
                 evals += n_jvp * x.shape[0]
             l_ext[i] = total / (self.num_samples * teacher.dim)
@@ -162,7 +198,8 @@ class AnalyticODE(ODEGeneralization):
         seconds = time.perf_counter() - start
         info = {"ode": "analytic", "trace": method, "num_points": self.num_points, "clamped": clamped,
                 "num_samples": self.num_samples, "denoiser_evals": evals, "seconds": seconds,
-                "dtype": str(x0.dtype).replace("torch.", ""), "device": str(dev), "cached": False}
+                "dtype": str(x0.dtype).replace("torch.", ""), "device": str(dev), "cached": False,
+                "key_digest": digest}
         coeffs = ODECoefficients(lam, l, s, info=info)
         if cache_file is not None:
             save_cached(cache_file, key, coeffs)
@@ -171,6 +208,10 @@ class AnalyticODE(ODEGeneralization):
 
 # -- the on-disk cache --------------------------------------------------------------------------
 CACHE_VERSION = 2  # bump when the estimator's math changes: old cache files then miss
+
+
+def key_digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
 def _hash_into(h, value, depth: int = 0) -> None:
@@ -224,13 +265,15 @@ def load_cached(path: Path, key: dict, start: float) -> ODECoefficients | None:
     """The cached coefficients at ``path`` if its stored key equals ``key``; None otherwise."""
     if not path.is_file():
         return None
+    from precondlab.errors import CheckpointError
+    from precondlab.safe_load import load_tensors
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = load_tensors(path, "statistics cache")
         if not isinstance(data, dict) or data.get("key") != key:
             return None  # another key under the same hash prefix, or an older format
         info = dict(data["info"])
-    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: recompute and overwrite
-        warnings.warn(f"ignoring unreadable statistics cache {path}: {type(exc).__name__}: {exc}", stacklevel=3)
+    except (CheckpointError, KeyError, TypeError) as exc:  # truncated or foreign: recompute and overwrite
+        warnings.warn(f"ignoring it and recomputing: {exc}", stacklevel=3)
         return None
     info.update(cached=True, cache_file=str(path), load_seconds=time.perf_counter() - start)
     return ODECoefficients(data["lam"], data["l"], data["s"], info=info)

@@ -50,6 +50,31 @@ class AnalyticPrecond(Preconditioner):
         self._on_device = {}
         return self
 
+    def statistics(self) -> dict | None:
+        c = self.coeffs
+        if c is None:
+            return None
+        info = {k: v for k, v in c.info.items() if v is None or isinstance(v, (bool, int, float, str))}
+        return {"lam": c.lam, "l": c.l, "s": c.s, "info": info}
+
+    def restore_statistics(self, teacher, saved: dict | None) -> "AnalyticPrecond":
+        """The checkpoint's l, s, after checking they were estimated for this teacher and these
+        statistics settings (the same key as the statistics cache)."""
+        if saved is None:
+            return self.fit(teacher)
+        from precondlab.errors import ResumeError
+        want = saved["info"].get("key_digest")
+        have = self.ode.key_digest(teacher) if hasattr(self.ode, "key_digest") else None
+        if want is not None and have is not None and want != have:
+            raise ResumeError("the checkpoint's Analytic-Precond statistics were estimated for another teacher or "
+                              "other ode.analytic settings than this config's (their cache keys differ); resume "
+                              "with the config the run started with")
+        self.schedule = teacher.schedule
+        self.coeffs = ODECoefficients(saved["lam"], saved["l"], saved["s"], info={**saved["info"], "restored": True})
+        self.knots = self.table = None
+        self._on_device = {}
+        return self
+
     def tabulate(self, grid: torch.Tensor) -> "AnalyticPrecond":
         """Precompute (f, g) for every pair of a time grid; pairs on it are then looked up, not integrated."""
         knots = torch.sort(torch.as_tensor(grid, dtype=torch.float64).cpu()).values

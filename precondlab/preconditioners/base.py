@@ -64,6 +64,14 @@ class Preconditioner:
         """Estimate whatever the coefficients need from the teacher (only Analytic does)."""
         return self
 
+    def statistics(self) -> dict | None:
+        """What fit() estimated, as tensors and plain values (a training checkpoint keeps it)."""
+        return None
+
+    def restore_statistics(self, teacher, saved: dict | None) -> "Preconditioner":
+        """Take the statistics a checkpoint kept instead of estimating them again (a resumed run)."""
+        return self.fit(teacher)
+
     # -- the student ---------------------------------------------------------------------
     def network_output(self, net, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """F: by default CTM's EDM-scaled denoiser D_theta(x_t, t, s) (math note, section 3)."""

@@ -11,11 +11,24 @@ from precondlab.registry import register
 
 
 class FourierEmbedding(nn.Module):
-    """sin/cos of a scalar at fixed log-spaced frequencies (c_noise spans about [-1.6, 1.1])."""
+    """sin/cos of a scalar at fixed log-spaced frequencies, in cycles per unit of the scalar.
 
-    def __init__(self, num_freqs: int = 16, max_freq: float = 32.0):
+    The scalar is c_noise = log(t)/4, which spans [-1.55, 1.10] on the EDM range. The slowest
+    frequency (0.1: period 10) is monotone across that whole span; the fastest (4: period 0.25)
+    still spans about three steps of CTM's N = 18 training grid (0.08-0.33 apart in c_noise).
+    With frequencies up to 32 (period 0.03, the old default) each grid time got features of its
+    own, the student learned the grid times only, and 2-step sampling through a time between
+    them (the default 80 -> 2.515 -> 0.002) was 3-4x worse than through a grid time, and got
+    worse with training (benchmarks/toy_time_conditioning.py).
+    """
+
+    def __init__(self, num_freqs: int = 16, max_freq: float = 4.0, min_freq: float = 0.1):
         super().__init__()
-        self.register_buffer("freqs", 2 * math.pi * torch.logspace(0, math.log10(max_freq), num_freqs))
+        from precondlab import validation as v
+        v.positive_float("student.mlp.min_freq", min_freq)
+        if not v.positive_float("student.mlp.max_freq", max_freq) >= min_freq:
+            raise v.SettingError(f"student.mlp.max_freq = {max_freq!r}: must be at least min_freq = {min_freq!r}")
+        self.register_buffer("freqs", 2 * math.pi * torch.logspace(math.log10(min_freq), math.log10(max_freq), num_freqs))
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
         angles = c[:, None].to(self.freqs.dtype) * self.freqs
@@ -30,10 +43,15 @@ class MLPStudent(nn.Module):
                  dim: int,                  # data dimension (set from the teacher)
                  hidden: int = 256,         # width of every hidden layer
                  depth: int = 4,            # number of hidden layers
-                 num_freqs: int = 16):      # Fourier frequencies per conditioning scalar
+                 num_freqs: int = 16,       # Fourier frequencies per conditioning scalar
+                 max_freq: float = 4.0,     # fastest, in cycles per unit of c_noise = log(t)/4
+                 min_freq: float = 0.1):    # slowest (see FourierEmbedding)
         super().__init__()
-        self.embed_t = FourierEmbedding(num_freqs)
-        self.embed_s = FourierEmbedding(num_freqs)
+        from precondlab import validation as v
+        for setting, value in (("dim", dim), ("hidden", hidden), ("depth", depth), ("num_freqs", num_freqs)):
+            v.positive_int(f"student.mlp.{setting}", value)
+        self.embed_t = FourierEmbedding(num_freqs, max_freq, min_freq)
+        self.embed_s = FourierEmbedding(num_freqs, max_freq, min_freq)
         layers, width = [], dim + 4 * num_freqs
         for _ in range(depth):
             layers += [nn.Linear(width, hidden), nn.SiLU()]

@@ -33,7 +33,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from precondlab.errors import UserInputError
+from precondlab.errors import CheckpointError, UserInputError  # noqa: F401 - CheckpointError re-exported
 from precondlab.hashing import update_with_file, update_with_tensor
 from precondlab.nets.songunet import SongUNet
 from precondlab.preconditioners.base import edm_scalings
@@ -44,10 +44,6 @@ from precondlab.teachers.base import Teacher
 EDM_URL = "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/"
 DEFAULT_PKL = "edm-cifar10-32x32-uncond-vp.pkl"
 PRECONDS = {"VPPrecond": "vp", "VEPrecond": "ve", "EDMPrecond": "edm"}
-
-
-class CheckpointError(UserInputError, RuntimeError):
-    """A checkpoint that is missing, malformed, unsupported or asks to run code."""
 
 
 def missing_file_message(path: Path) -> str:
@@ -117,7 +113,8 @@ def _persistent_record(meta: Any) -> ModuleRecord:
 def _storage_from_bytes(data: bytes):
     if not isinstance(data, (bytes, bytearray)):
         raise CheckpointError("embedded storage is not bytes")
-    storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    from precondlab.safe_load import load_tensors
+    storage = load_tensors(data, "embedded tensor storage")
     if not isinstance(storage, torch.storage.TypedStorage):
         raise CheckpointError(f"embedded storage bytes hold a {type(storage).__name__}")
     return storage

@@ -46,26 +46,45 @@ class GMMTeacher(Teacher):
             raise ValueError("gmm stds and weights must be positive")
         self.weights = self.weights / self.weights.sum()
         self.dim, self.shape = d, (d,)
+        self._cache: dict = {}
+
+    def _tables(self, like: torch.Tensor):
+        """Means, component variances and log weights in ``like``'s dtype and device (made once each)."""
+        key = (like.dtype, like.device)
+        if key not in self._cache:
+            self._cache[key] = tuple(v.to(like) for v in (self.means, self.stds ** 2, self.weights.log()))
+        return self._cache[key]
 
     def _posterior(self, x: torch.Tensor, t: torch.Tensor):
-        """Responsibilities r_k(x, t) and per-component variances std_k^2 + t^2."""
+        """Responsibilities r_k(x, t), per-component variances v_k = std_k^2 + t^2, shrink factors
+        std_k^2 / v_k, and the offsets x - mu_k; log N(x; mu_k, v_k I) up to the shared constant."""
+        means, var0, logw = self._tables(x)
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        means, stds, weights = (v.to(x) for v in (self.means, self.stds, self.weights))
-        var = stds ** 2 + t[..., None] ** 2                              # (..., K)
-        sq = ((x[..., None, :] - means) ** 2).sum(-1)                     # (..., K)
-        logp = weights.log() - 0.5 * sq / var - 0.5 * self.dim * torch.log(2 * math.pi * var)
-        return torch.softmax(logp, dim=-1), var, logp
+        var = var0 + t[..., None] ** 2                                    # (..., K)
+        diff = x[..., None, :] - means                                    # (..., K, d)
+        logp = logw - 0.5 * (diff.square().sum(-1) / var + self.dim * var.log())
+        return torch.softmax(logp, dim=-1), var, var0 / var, diff, logp
 
     def denoise(self, x, t):
-        r, var, _ = self._posterior(x, t)
-        means, stds = self.means.to(x), self.stds.to(x)
-        shrink = stds ** 2 / var                                          # (..., K)
-        comp = means + shrink[..., None] * (x[..., None, :] - means)      # (..., K, d)
-        return (r[..., None] * comp).sum(-2)
+        """D = sum_k r_k (mu_k + shrink_k (x - mu_k)), the posterior mean of x_0."""
+        r, _, shrink, diff, _ = self._posterior(x, t)
+        means = self._tables(x)[0]
+        return r @ means + ((r * shrink)[..., None] * diff).sum(-2)
+
+    def denoiser_trace(self, x, t):
+        """tr(dD/dx) per example in closed form (what Analytic-Precond's l_t averages):
+        d sum_k r_k shrink_k + sum_k r_k (m_k - D) . g_k, with m_k = mu_k + shrink_k (x - mu_k) the
+        component means and g_k = -(x - mu_k) / v_k the component scores (grad r_k = r_k (g_k - sum_j r_j g_j))."""
+        r, var, shrink, diff, _ = self._posterior(x, t)
+        means = self._tables(x)[0]
+        m = means + shrink[..., None] * diff                              # (..., K, d)
+        D = (r[..., None] * m).sum(-2, keepdim=True)
+        g = -diff / var[..., None]
+        return self.dim * (r * shrink).sum(-1) + (r * ((m - D) * g).sum(-1)).sum(-1)
 
     def log_prob(self, x, t):
         """log p_t(x) of the noised mixture (used in tests and diagnostics)."""
-        return torch.logsumexp(self._posterior(x, t)[2], dim=-1)
+        return torch.logsumexp(self._posterior(x, t)[4], dim=-1) - 0.5 * self.dim * math.log(2 * math.pi)
 
     def sample_x0(self, n, generator=None):
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)

@@ -22,6 +22,7 @@ import torch
 from precondlab.hashing import file_digest
 from precondlab.registry import register
 from precondlab.schedule import Schedule
+from precondlab import safe_load
 from precondlab.teachers.edm_pkl import CheckpointError, EDMNetTeacher, build_songunet
 
 
@@ -32,14 +33,15 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"state-dict checkpoint not found: {path}. Write one with "
                               f"torch.save(net.state_dict(), path) or safetensors.torch.save_file, "
                               f"or set teacher.state_dict.path.")
-    try:
-        if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors":
+        try:
             from safetensors.torch import load_file
             tensors = load_file(str(path), device="cpu")
-        else:
-            tensors = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - weights-only refusals and corrupt files alike
-        raise CheckpointError(f"{path}: not a weights-only state dict ({type(exc).__name__}: {exc})") from exc
+        except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise CheckpointError(f"teacher checkpoint {path}: not a readable safetensors file ({first})") from None
+    else:
+        tensors = safe_load.load_tensors(path, "teacher checkpoint")
     if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
         raise CheckpointError(f"{path}: expected a flat dict of tensors, got {type(tensors).__name__}")
     for prefix in ("module.", "model."):

@@ -1,14 +1,20 @@
 """Distillation objectives: CTM (any jump t -> s) and plain consistency distillation (CM).
 
-Both follow the math note, section 5. Time indices run over a Karras grid t_0 = sigma_max >
-... > t_{N-1} = sigma_min; "the teacher target" is the teacher ODE solved by Heun steps along
-that grid.
+Both follow the math note, section 5, and read like EDM's loss: ``sample`` draws a batch's
+random choices (which grid times, which noise), ``loss`` turns them into the loss, and
+``__call__`` is the two in a row plus the DSM regulariser. Time indices run over a Karras grid
+t_0 = sigma_max > ... > t_{N-1} = sigma_min; "the teacher target" is the teacher ODE solved by
+Heun steps along that grid. The tests hold each against a per-example re-implementation and
+the sampled indices against the distribution written here.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from precondlab import registry, validation
 from precondlab.registry import register
 from precondlab.schedule import _bcast
 from precondlab.teachers.solvers import euler_step, heun_step
@@ -29,6 +35,25 @@ def teacher_steps(teacher, x, grid, start, k, max_k: int, method="heun"):
     return x
 
 
+@dataclass
+class JumpDraw:
+    """One batch's random choices, as indices into the Karras grid (t = grid[n], u = grid[n + k],
+    s = grid[m]) and the noise of x_t = x_0 + t * noise."""
+
+    n: torch.Tensor
+    k: torch.Tensor
+    m: torch.Tensor
+    noise: torch.Tensor
+
+
+@dataclass
+class DSMDraw:
+    """The DSM regulariser's noise level per example and its noise."""
+
+    sigma: torch.Tensor
+    noise: torch.Tensor
+
+
 class Objective:
     def __init__(self,
                  num_timesteps: int = 18,       # N: Karras grid points (CTM CIFAR-10: 18)
@@ -38,8 +63,14 @@ class Objective:
                  dsm_adaptive: bool = True,     # scale DSM by the ratio of last-layer gradient norms
                  dsm_p_mean: float = -1.2,      # EDM's log-normal sigma for the DSM term
                  dsm_p_std: float = 1.2):
-        if teacher_solver not in ("heun", "euler"):
-            raise ValueError(f"teacher_solver must be 'heun' or 'euler', got {teacher_solver!r}")
+        name = registry.name_of(self)
+        if validation.positive_int(f"{name}.num_timesteps", num_timesteps) < 2:
+            raise validation.SettingError(f"{name}.num_timesteps = {num_timesteps!r}: a Karras grid needs at least 2")
+        validation.one_of(f"{name}.teacher_solver", teacher_solver, ("heun", "euler"))
+        validation.nonnegative_float(f"{name}.dsm_weight", dsm_weight)
+        validation.positive_float(f"{name}.dsm_p_std", dsm_p_std)
+        if not callable(distance):
+            raise validation.SettingError(f"{name}.distance = {distance!r}: must be a distance, e.g. @loss.l2")
         self.num_timesteps, self.teacher_solver, self.distance = num_timesteps, teacher_solver, distance
         self.dsm_weight, self.dsm_adaptive = dsm_weight, dsm_adaptive
         self.dsm_p_mean, self.dsm_p_std = dsm_p_mean, dsm_p_std
@@ -47,13 +78,25 @@ class Objective:
     def grid(self, schedule, device, dtype):
         return schedule.karras(self.num_timesteps).to(device=device, dtype=dtype)
 
-    def dsm_loss(self, student, precond, x0, generator):
-        """EDM denoising loss on D_theta(x, sigma, sigma), weight (sigma^2 + sd^2)/(sigma sd)^2."""
-        sched = precond.schedule
+    def __call__(self, student, target, precond, teacher, x0, generator):
+        """(loss, logs) of one batch: the draws, the distillation loss, then the DSM term."""
+        grid = self.grid(precond.schedule, x0.device, x0.dtype)
+        draw = self.sample(x0, grid.numel(), generator)
+        main, logs = self.loss(student, target, precond, teacher, x0, grid, draw)
+        return self.combine(student, precond, main, x0, generator, logs), logs
+
+    # -- the DSM regulariser (CTM) -------------------------------------------------------
+    def sample_dsm(self, x0, schedule, generator) -> DSMDraw:
+        """sigma ~ EDM's log-normal (p_mean, p_std), clamped to the schedule's range."""
         rnd = torch.randn(x0.shape[0], generator=generator, device=x0.device, dtype=x0.dtype)
-        sigma = (rnd * self.dsm_p_std + self.dsm_p_mean).exp().clamp(sched.sigma_min, sched.sigma_max)
+        sigma = (rnd * self.dsm_p_std + self.dsm_p_mean).exp().clamp(schedule.sigma_min, schedule.sigma_max)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        denoised = precond.network_output(student, x0 + _bcast(sigma, x0) * noise, sigma, sigma)
+        return DSMDraw(sigma, noise)
+
+    def dsm_loss(self, student, precond, x0, draw: DSMDraw):
+        """EDM denoising loss on D_theta(x, sigma, sigma), weight (sigma^2 + sd^2)/(sigma sd)^2."""
+        sigma = draw.sigma
+        denoised = precond.network_output(student, x0 + _bcast(sigma, x0) * draw.noise, sigma, sigma)
         sd = precond.sigma_data
         weight = (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2
         return (weight * l2(denoised, x0)).mean()
@@ -62,7 +105,7 @@ class Objective:
         """main + DSM, the DSM weight adapted as in CTM when asked."""
         if not (self.dsm_weight > 0 and precond.denoiser_form):
             return main
-        dsm = self.dsm_loss(student, precond, x0, generator)
+        dsm = self.dsm_loss(student, precond, x0, self.sample_dsm(x0, precond.schedule, generator))
         weight = torch.as_tensor(self.dsm_weight, dtype=main.dtype)
         last = getattr(student, "last_layer", None)
         if self.dsm_adaptive and last is not None and main.requires_grad:
@@ -80,26 +123,32 @@ class CTMObjective(Objective):
 
     def __init__(self, max_jump: int | None = None, **kwargs):   # K: largest k (default N - 1)
         super().__init__(**kwargs)
+        if max_jump is not None:
+            validation.positive_int("objective.ctm.max_jump", max_jump)
         self.max_jump = max_jump
 
-    def __call__(self, student, target, precond, teacher, x0, generator):
-        if not precond.uses_s:
-            raise ValueError(f"{type(precond).__name__} pins s to sigma_min; train it with objective.cm")
+    def largest_jump(self, N: int) -> int:
+        return min(self.max_jump or N - 1, N - 1)
+
+    def sample(self, x0, N: int, generator) -> JumpDraw:
+        """k ~ p(k) ∝ k on {1..K}; n ~ U{0..N-1-k}; m ~ U{n+k..N-1} (math note, section 5)."""
         B, dev, dt = x0.shape[0], x0.device, x0.dtype
-        grid = self.grid(precond.schedule, dev, dt)
-        N = grid.numel()
-        K = min(self.max_jump or N - 1, N - 1)
-        # k ~ p(k) ∝ k on {1..K}; n ~ U{0..N-1-k}; s index ~ U{n+k..N-1} (math note, section 5).
+        K = self.largest_jump(N)
         k = torch.multinomial(torch.arange(1, K + 1, dtype=dt, device=dev), B, replacement=True, generator=generator) + 1
         n = (torch.rand(B, generator=generator, device=dev, dtype=dt) * (N - k)).long()
         m = n + k + (torch.rand(B, generator=generator, device=dev, dtype=dt) * (N - n - k)).long()
-        t, u, s = grid[n], grid[n + k], grid[m]
-        eps = torch.full_like(t, precond.schedule.sigma_min)
-
         noise = torch.randn(x0.shape, generator=generator, device=dev, dtype=dt)
-        x_t = x0 + _bcast(t, x0) * noise
+        return JumpDraw(n, k, m, noise)
+
+    def loss(self, student, target, precond, teacher, x0, grid, draw: JumpDraw):
+        if not precond.uses_s:
+            raise ValueError(f"{type(precond).__name__} pins s to sigma_min; train it with objective.cm")
+        t, u, s = grid[draw.n], grid[draw.n + draw.k], grid[draw.m]
+        eps = torch.full_like(t, precond.schedule.sigma_min)
+        x_t = x0 + _bcast(t, x0) * draw.noise
         with torch.no_grad():
-            x_u = teacher_steps(teacher, x_t, grid, n, k, K, self.teacher_solver)
+            x_u = teacher_steps(teacher, x_t, grid, draw.n, draw.k, self.largest_jump(grid.numel()),
+                                self.teacher_solver)
         with precond.on_grid():  # t, u, s, eps are grid points: (f, g) looked up on the device
             with torch.no_grad():
                 target_s = precond.jump(student, x_u, u, s)        # G_sg(x_u, u, s)
@@ -107,28 +156,28 @@ class CTMObjective(Objective):
             estimate_s = precond.jump(student, x_t, t, s)
             estimate_0 = precond.jump(target, estimate_s, s, eps)  # gradient flows through the input
         main = self.distance(estimate_0, target_0).mean()
-        logs = {"loss_ctm": main.detach()}
-        return self.combine(student, precond, main, x0, generator, logs), logs
+        return main, {"loss_ctm": main.detach()}
 
 
 @register("objective", "cm")
 class CMObjective(Objective):
     """Consistency distillation: d(G_theta(x_t, t, eps), G_ema(x_u, u, eps)), one teacher step t -> u."""
 
-    def __call__(self, student, target, precond, teacher, x0, generator):
+    def sample(self, x0, N: int, generator) -> JumpDraw:
+        """n ~ U{0..N-2}, k = 1 (u is the next grid time), m = N - 1 (s = eps)."""
         B, dev, dt = x0.shape[0], x0.device, x0.dtype
-        grid = self.grid(precond.schedule, dev, dt)
-        N = grid.numel()
         n = (torch.rand(B, generator=generator, device=dev, dtype=dt) * (N - 1)).long()
-        t, u = grid[n], grid[n + 1]
-        eps = torch.full_like(t, precond.schedule.sigma_min)
         noise = torch.randn(x0.shape, generator=generator, device=dev, dtype=dt)
-        x_t = x0 + _bcast(t, x0) * noise
+        return JumpDraw(n, torch.ones_like(n), torch.full_like(n, N - 1), noise)
+
+    def loss(self, student, target, precond, teacher, x0, grid, draw: JumpDraw):
+        t, u = grid[draw.n], grid[draw.n + 1]
+        eps = torch.full_like(t, precond.schedule.sigma_min)
+        x_t = x0 + _bcast(t, x0) * draw.noise
         with torch.no_grad():
-            x_u = teacher_steps(teacher, x_t, grid, n, torch.ones_like(n), 1, self.teacher_solver)
+            x_u = teacher_steps(teacher, x_t, grid, draw.n, draw.k, 1, self.teacher_solver)
         with precond.on_grid():  # t, u, eps are grid points
             with torch.no_grad():
                 target_0 = precond.jump(target, x_u, u, eps)
             main = self.distance(precond.jump(student, x_t, t, eps), target_0).mean()
-        logs = {"loss_cm": main.detach()}
-        return self.combine(student, precond, main, x0, generator, logs), logs
+        return main, {"loss_cm": main.detach()}
