@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml plugins/precondlab-example/pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/precondlab run gin/toy_analytic.gin
 
+# Two workers, one test file each at a time: most tests wait on subprocesses, MLflow or Ray.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) mlruns.db mlartifacts

@@ -173,12 +173,17 @@ def run(config: ParsedConfig, tracking_uri: str | None = None, experiment_name: 
         with SignalGuard() as guard:
             result = _train(exp, config, log, progress, report, bindings, guard, ckpts, resumed)
     except BaseException as exc:
+        # Stopped (a signal, Ctrl-C, a sweep's scheduler or driver): KILLED and tagged as such, not
+        # as an error; anything else: FAILED with the error as a tag.
+        stopped = isinstance(exc, (Interrupted, KeyboardInterrupt, SystemExit))
         if isinstance(exc, Interrupted):
             exc.run_id, exc.checkpoint = log.run_id, ckpts.last_step
             log.tags({"precondlab.interrupted": exc.name, "precondlab.interrupted_at_step": str(exc.step)})
+        elif stopped:
+            log.tags({"precondlab.interrupted": type(exc).__name__})
         else:
             log.tag("error", f"{type(exc).__name__}: {user_message(exc)}"[:5000])
-        log.end("KILLED" if isinstance(exc, (KeyboardInterrupt, Interrupted)) else "FAILED")
+        log.end("KILLED" if stopped else "FAILED")
         log.cleanup()
         if isinstance(exc, NonFiniteLossError):
             raise NonFiniteLossError(f"{exc} (MLflow run {log.run_id} marked FAILED; last good checkpoint: "

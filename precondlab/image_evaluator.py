@@ -15,7 +15,7 @@ import gin
 import torch
 
 from precondlab.registry import get
-from precondlab.sampling import describe_times, nfe_times, sample_student
+from precondlab.sampling import check_nfe_times, describe_times, nfe_times, sample_student
 from precondlab.teachers.solvers import solve
 
 
@@ -39,7 +39,7 @@ class ImageEvaluator:
         v.positive_int("image_evaluator.fid_every", fid_every)
         v.positive_int("image_evaluator.batch_size", batch_size)
         self.nfes, self.sampler = tuple(nfes), get("sampler", sampler)
-        self.nfe_times = dict(nfe_times or {})
+        self.nfe_times = check_nfe_times("image_evaluator.nfe_times", nfes, nfe_times)
         self.num_align, self.teacher_steps, self.fid, self.fid_every = num_align, teacher_steps, fid, fid_every
         self.batch_size, self.grid_images, self.seed = batch_size, grid_images, seed
         self.calls = 0
@@ -47,7 +47,7 @@ class ImageEvaluator:
 
     def setup(self, teacher, train_grid=None):
         self.teacher = teacher
-        self.times = nfe_times(teacher.schedule, self.nfes, self.nfe_times)
+        self.times = nfe_times(teacher.schedule, self.nfes, self.nfe_times, "image_evaluator.nfe_times")
         self.info.update({f"times.nfe{k}": describe_times(ts) for k, ts in self.times.items()})
         if self.fid is not None:
             # First, so that a missing Inception file or dataset fails before the teacher's Heun

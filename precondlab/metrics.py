@@ -21,7 +21,7 @@ import gin
 import torch
 
 from precondlab.registry import get
-from precondlab.sampling import describe_times, nfe_times, sample_student
+from precondlab.sampling import check_nfe_times, describe_times, nfe_times, sample_student
 from precondlab.teachers.solvers import reference_flow
 
 
@@ -65,7 +65,7 @@ class Evaluator:
         v.nonnegative_int("evaluator.num_jump_pairs", num_jump_pairs)
         v.positive_int("evaluator.reference_steps", reference_steps)
         self.num_samples, self.nfes, self.sampler = num_samples, tuple(nfes), get("sampler", sampler)
-        self.nfe_times = dict(nfe_times or {})
+        self.nfe_times = check_nfe_times("evaluator.nfe_times", nfes, nfe_times)
         self.num_projections, self.num_jump_pairs = num_projections, num_jump_pairs
         self.reference_steps, self.seed = reference_steps, seed
         self.ready = False

@@ -42,26 +42,39 @@ def nfe_grid(schedule, nfe: int) -> torch.Tensor:
     return schedule.karras(nfe + 1)
 
 
-def nfe_times(schedule, nfes: Sequence[int], times: Mapping[int, Sequence[float]] | None = None) -> dict[int, list[float]]:
+def check_nfe_times(setting: str, nfes: Sequence[int], times: Mapping[int, Sequence[float]] | None) -> dict:
+    """``times`` as {k: [t_0 > ... > t_k]} for evaluated step counts k; a SettingError naming
+    ``setting`` otherwise (the range is checked against the schedule by ``nfe_times``)."""
+    from precondlab.validation import SettingError
+    out = {}
+    for k, ts in dict(times or {}).items():
+        if k not in tuple(nfes):
+            raise SettingError(f"{setting} names step count {k!r}, which is not evaluated (nfes = {tuple(nfes)})")
+        try:
+            ts = [float(v) for v in ts]
+        except (TypeError, ValueError):
+            raise SettingError(f"{setting}[{k}] = {ts!r}: must be a list of times") from None
+        if len(ts) != k + 1:
+            raise SettingError(f"{setting}: nfe_times[{k}] must list {k + 1} times (sigma_max ... sigma_min), got {ts}")
+        if not all(a > b for a, b in zip(ts[:-1], ts[1:])):
+            raise SettingError(f"{setting}: nfe_times[{k}] must decrease strictly, got {ts}")
+        out[k] = ts
+    return out
+
+
+def nfe_times(schedule, nfes: Sequence[int], times: Mapping[int, Sequence[float]] | None = None,
+              setting: str = "evaluator.nfe_times") -> dict[int, list[float]]:
     """The sampling times of each evaluated step count: ``times[k]`` where given (k + 1 times from
     sigma_max down to sigma_min), else the default Karras grid of k + 1 points."""
-    times = dict(times or {})
-    unknown = sorted(set(times) - set(nfes))
-    if unknown:
-        raise ValueError(f"nfe_times names step counts {unknown} that are not evaluated (nfes = {tuple(nfes)})")
+    from precondlab.validation import SettingError
+    times = check_nfe_times(setting, nfes, times)
     out = {}
     for k in nfes:
-        if int(k) != k or k < 1:
-            raise ValueError(f"evaluated step counts must be positive integers, got {k!r} in nfes = {tuple(nfes)}")
-        ts = [float(v) for v in times[k]] if k in times else nfe_grid(schedule, k).tolist()
-        if len(ts) != k + 1:
-            raise ValueError(f"nfe_times[{k}] must list {k + 1} times (sigma_max ... sigma_min), got {len(ts)}: {ts}")
-        if not all(a > b for a, b in zip(ts[:-1], ts[1:])):
-            raise ValueError(f"nfe_times[{k}] must decrease strictly, got {ts}")
+        ts = times[k] if k in times else nfe_grid(schedule, k).tolist()
         if not (math.isclose(ts[0], schedule.sigma_max, rel_tol=1e-6)
                 and math.isclose(ts[-1], schedule.sigma_min, rel_tol=1e-6)):
-            raise ValueError(f"nfe_times[{k}] must run from sigma_max = {schedule.sigma_max} to "
-                             f"sigma_min = {schedule.sigma_min}, got {ts}")
+            raise SettingError(f"{setting}: nfe_times[{k}] must run from sigma_max = {schedule.sigma_max} to "
+                               f"sigma_min = {schedule.sigma_min}, got {ts}")
         out[k] = ts
     return out
 

@@ -195,9 +195,10 @@ def run(sweep_file: str | Path, *, address: str | None = None, num_samples: int 
         client.update_run(parent_id, status="RUNNING")
         if verbose:
             print(f"resuming sweep {sweep.name!r} from {exp_path} (MLflow parent run {parent_id})")
+    elif resume:  # a mistyped --output must not start the sweep over
+        raise SweepError(f"--resume: no saved state of sweep {sweep.name!r} under {out} (Tune's state would be in "
+                         f"{exp_path}); check --output, or drop --resume to start it afresh")
     else:
-        if resume and verbose:
-            print(f"--resume: no saved sweep state under {exp_path}; starting afresh")
         parent = tracking.RunLogger(client, exp_id, run_name=sweep.name,
                                     tags={"precondlab.sweep": sweep.name, "precondlab.sweep_file": str(sweep.path),
                                           "precondlab.role": "sweep"})
@@ -279,7 +280,7 @@ def _tune(sweep: Sweep, payload: dict, storage: Path, address, num_cpus, resume:
                     search_alg=BasicVariantGenerator(max_concurrent=sweep.max_concurrent,
                                                      random_state=sweep.seed)),
                 run_config=tune.RunConfig(name=sweep.name, storage_path=str(storage), verbose=0,
-                                          failure_config=tune.FailureConfig(max_failures=0)))
+                                          failure_config=tune.FailureConfig(max_failures=sweep.max_retries)))
         grid = tuner.fit()
         rows, interrupted = _collect(grid, _trial_statuses(grid, exp_path), sweep, client, exp_id, parent_id)
         return rows, interrupted or len(rows) < sweep.expected_trials(), cluster_nodes
@@ -347,9 +348,8 @@ def _collect(grid, statuses: dict, sweep: Sweep, client, exp_id: str, parent_id:
         for r in runs:
             if status == "STOPPED" and r is run:
                 _close_stopped(client, r, m.get("step"))
-            elif r.info.status == "RUNNING":
-                client.set_tag(r.info.run_id, "precondlab.interrupted", "true")
-                client.set_terminated(r.info.run_id, "KILLED")
+            elif status == "INTERRUPTED" or r.info.status == "RUNNING":
+                _close_interrupted(client, r)
         rows.append(TrialRow(trial_id, status, sweep.display(cfg), sweep.sampled_bindings(cfg),
                              float(value) if isinstance(value, (int, float)) else None,
                              int(m.get("training_iteration", 0) or 0), m.get("step"),
@@ -358,14 +358,11 @@ def _collect(grid, statuses: dict, sweep: Sweep, client, exp_id: str, parent_id:
     return rows, interrupted
 
 
-def _delete_tag(client, run_id: str, key: str) -> None:
-    """Delete a tag that the trial itself may have deleted meanwhile (trial and driver race here)."""
-    from mlflow.exceptions import MlflowException
-    try:
-        client.delete_tag(run_id, key)
-    except MlflowException as exc:
-        if "No tag with name" not in str(exc):
-            raise
+def _close_interrupted(client, run) -> None:
+    """A trial the sweep's interruption stopped (Tune stops it the way its scheduler would): say so."""
+    client.set_tag(run.info.run_id, "precondlab.sweep_interrupted", "true")
+    if run.info.status == "RUNNING":
+        client.set_terminated(run.info.run_id, "KILLED")
 
 
 def _close_stopped(client, run, step) -> None:
@@ -374,8 +371,6 @@ def _close_stopped(client, run, step) -> None:
         client.set_tag(run.info.run_id, "precondlab.stopped_early", "true")
     if "precondlab.stopped_at_step" not in tags and step is not None:
         client.set_tag(run.info.run_id, "precondlab.stopped_at_step", str(step))
-    if tags.get("error", "").startswith(TrialStopped.__name__):  # the stop, not a failure
-        _delete_tag(client, run.info.run_id, "error")
     if run.info.status != "KILLED":
         client.set_terminated(run.info.run_id, "KILLED")
 

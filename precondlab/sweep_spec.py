@@ -29,6 +29,9 @@ A sweep definition is a small TOML file (see ``sweeps/README.md``)::
     cpu = 1
     gpu = 0
 
+    [failure]                             # a trial that crashes is started again (from its
+    max_retries = 2                       # last checkpoint) up to this many times; default 2
+
     [space]                               # gin binding (or macro) -> search spec
     "experiment.lr" = { loguniform = [1e-4, 3e-3] }
     NUM_TIMESTEPS = { choice = [12, 18] }
@@ -61,11 +64,12 @@ from pathlib import Path
 
 SPEC_KINDS = ("choice", "grid", "loguniform", "uniform", "randint")
 _TOP_KEYS = {"name", "description", "base", "bindings", "experiment", "num_samples", "max_concurrent",
-             "seed", "metric", "scheduler", "resources", "space"}
+             "seed", "metric", "scheduler", "resources", "failure", "space"}
 _METRIC_KEYS = {"name", "mode"}
 _SCHED_KEYS = {"asha": {"type", "time_attr", "max_t", "grace_period", "reduction_factor"},
                "fifo": {"type"}}
 _RESOURCE_KEYS = {"cpu", "gpu"}
+_FAILURE_KEYS = {"max_retries"}
 _NAME = re.compile(r"^[A-Za-z_][\w./]*$")          # a gin binding name, a scoped name or a macro
 
 
@@ -126,6 +130,7 @@ class Sweep:
     mode: str = "min"
     scheduler: dict = field(default_factory=lambda: {"type": "asha"})
     resources: dict = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
+    max_retries: int = 2          # [failure] a crashed trial is started again from its last checkpoint
     space: list[Param] = field(default_factory=list)
 
     def base_paths(self) -> list[Path]:
@@ -326,6 +331,12 @@ def load(path: str | Path) -> Sweep:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise SweepError(f"{path}: [resources] {k!r} must be a number >= 0, got {v!r}")
         sweep.resources[k] = v
+
+    failure = data.get("failure", {})
+    if not isinstance(failure, dict):
+        raise SweepError(f"{path}: [failure] must be a table, e.g. max_retries = 2")
+    _check_keys("[failure]", failure, _FAILURE_KEYS, path)
+    sweep.max_retries = _int(path, "[failure] 'max_retries'", failure.get("max_retries", 2), 0)
 
     space = data.get("space", {})
     if not isinstance(space, dict):

@@ -15,7 +15,8 @@ from precondlab.sweep_spec import Sweep, _resolve, _total_steps, binding_lines, 
 
 
 class TrialStopped(KeyboardInterrupt):
-    """Raised inside a trial when Tune's scheduler stops it: experiment.run then ends its MLflow run KILLED."""
+    """Raised inside a trial when Tune stops it (its scheduler, or the sweep's interruption):
+    experiment.run then ends its MLflow run KILLED."""
 
 
 def _mlflow_child(client, exp_id: str, parent: str, trial_id: str):
@@ -23,6 +24,26 @@ def _mlflow_child(client, exp_id: str, parent: str, trial_id: str):
                                                       f"tags.`mlflow.parentRunId` = '{parent}'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
+
+
+# Failures that a retry would only repeat: the trial is not run again.
+DETERMINISTIC = ("NonFiniteLossError", "ConfigError", "SettingError", "DatasetError", "CheckpointError",
+                 "FeatureExtractorError", "ResumeError")
+
+
+def _previous_attempt(payload: dict, sweep: Sweep, trial_id: str) -> str | None:
+    """Tune starts a crashed trial again (``[failure] max_retries``): the MLflow run of its previous
+    attempt, to resume from its last checkpoint, or None on a first attempt. A previous attempt
+    that failed deterministically (a diverged loss, a bad setting) is not repeated."""
+    from precondlab import tracking
+    client, _, exp_id = tracking.connect(payload["tracking_uri"], sweep.experiment)
+    run = _mlflow_child(client, exp_id, payload["parent_run_id"], trial_id)
+    if run is None or run.info.status == "FINISHED":
+        return None
+    error = run.data.tags.get("error", "")
+    if error.startswith(DETERMINISTIC):
+        raise RuntimeError(f"trial {trial_id} is not retried: its previous attempt failed with {error[:300]}")
+    return run.info.run_id if "precondlab.checkpoint_step" in run.data.tags else None
 
 
 def _trainable(config: dict, payload: dict) -> None:
@@ -53,31 +74,24 @@ def _trainable(config: dict, payload: dict) -> None:
     node = ray.get_runtime_context().get_node_id()
     tags = {"precondlab.sweep": sweep.name, "precondlab.trial": trial_id,
             "precondlab.ray_node": node, "precondlab.ray_address": payload["address"] or "local"}
-    last = {}
 
     def report(step: int, metrics: dict) -> None:
-        last.update(metrics, step=step)
         if step >= total:
             return  # the final evaluation is reported once the MLflow run is complete (below)
         try:
             tune.report({**metrics, "step": step, "total_steps": total})
         except SystemExit:  # Tune's way of ending a trial its scheduler stopped
-            raise TrialStopped(f"stopped by the {sweep.scheduler['type']} scheduler at step {step}") from None
+            raise TrialStopped(f"stopped by Tune at step {step}") from None
 
+    resume = _previous_attempt(payload, sweep, trial_id)
     try:
         result = experiment.run(parsed, tracking_uri=payload["tracking_uri"], experiment_name=sweep.experiment,
-                                progress=False, report=report, parent_run_id=payload["parent_run_id"], tags=tags)
+                                progress=False, report=report, parent_run_id=payload["parent_run_id"], tags=tags,
+                                resume=resume)
     except TrialStopped:
-        # experiment.run ended the MLflow run KILLED; say why, not as an error.
-        try:
-            client, _, exp_id = tracking.connect(payload["tracking_uri"], sweep.experiment)
-            run = _mlflow_child(client, exp_id, payload["parent_run_id"], trial_id)
-            if run is not None:
-                client.set_tag(run.info.run_id, "precondlab.stopped_early", "true")
-                client.set_tag(run.info.run_id, "precondlab.stopped_at_step", str(last.get("step", "")))
-                client.delete_tag(run.info.run_id, "error")
-        except Exception:  # noqa: BLE001 - best effort: the driver fixes leftovers after the sweep
-            pass
+        # experiment.run ended the MLflow run KILLED (tag precondlab.interrupted = TrialStopped). Why
+        # Tune stopped it (its scheduler, or the sweep's interruption) only the driver knows: it
+        # adds precondlab.stopped_early or precondlab.sweep_interrupted once the sweep ends.
         return
     try:
         tune.report({**result.final, "step": total, "total_steps": total, "mlflow_run_id": result.run_id})

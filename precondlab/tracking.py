@@ -12,6 +12,7 @@ Default: ``sqlite:///<cwd>/mlruns.db`` with artifacts under ``<cwd>/mlartifacts`
   on: params, metrics, tags and artifacts are kept in order and sent when it answers again; at
   the end it waits up to ``PRECONDLAB_TRACKING_WAIT`` seconds (default 120) and otherwise writes
   what is left to ``./precondlab-unsynced/<run id>/``, which ``precondlab sync`` sends later.
+  While it is away, sending is retried every ``PRECONDLAB_TRACKING_RETRY`` seconds (default 15).
 * A resumed run (``RunLogger(..., resume_run_id=...)``) skips metric values already logged at
   a step (the steps between its last checkpoint and the kill are recomputed identically).
 """
@@ -154,11 +155,13 @@ class RunLogger:
 
     def __init__(self, client, experiment_id: str, run_name: str | None = None,
                  tags: dict | None = None, parent_run_id: str | None = None, resume_run_id: str | None = None,
-                 retry_seconds: float = 15.0):
+                 retry_seconds: float | None = None):
         self.client = client
         self.uri = client.tracking_uri
         self.tmp = Path(tempfile.mkdtemp(prefix="precondlab-"))
         self.pending: list[tuple] = []
+        if retry_seconds is None:
+            retry_seconds = float(os.environ.get("PRECONDLAB_TRACKING_RETRY", "15"))
         self.retry_seconds, self._last_try, self._away_since = retry_seconds, 0.0, None
         self.logged_upto: dict[str, int] = {}
         if resume_run_id is not None:
@@ -363,6 +366,7 @@ def sync(folder: str | Path, tracking_uri: str | None = None) -> int:
     logger = RunLogger.__new__(RunLogger)
     logger.client = MlflowClient(tracking_uri or record["tracking_uri"])
     logger.uri, logger.run_id, logger.tmp = tracking_uri or record["tracking_uri"], record["run_id"], folder
+    logger.run = logger.client.get_run(logger.run_id)
     logger.pending, logger._away_since, logger._last_try, logger.retry_seconds = [], None, 0.0, 0.0
     for kind, payload in record["operations"]:
         if kind == "artifact":

@@ -39,3 +39,24 @@ def test_samplers_are_registered_with_one_signature():
     for entry in registry.list_entries("sampler"):
         params = list(inspect.signature(entry.obj).parameters)
         assert params[:3] == ["jump", "x", "ts"] and "generator" in params
+
+
+def test_an_evaluator_samples_at_the_times_it_names():
+    """evaluator.nfe_times replaces the default Karras times; the times are in the evaluator's info
+    (logged as eval.times.nfe{k}) and traj_mse/nfe2 is the 2-step error through them."""
+    from precondlab.metrics import Evaluator
+    from precondlab.preconditioners.ctm import CTMPrecond
+    from precondlab.students.mlp import MLPStudent
+    teacher = GMMTeacher(dim=3, num_components=3, seed=1)
+    torch.manual_seed(0)
+    net = MLPStudent(dim=3, hidden=16, depth=2)
+    torch.nn.init.normal_(net.out.weight, std=0.1)
+    custom = Evaluator(num_samples=64, nfes=(1, 2), nfe_times={2: (80.0, 1.0882, 0.002)}, num_jump_pairs=0,
+                       reference_steps=32).setup(teacher)
+    default = Evaluator(num_samples=64, nfes=(1, 2), num_jump_pairs=0, reference_steps=32).setup(teacher)
+    assert custom.info == {"times.nfe1": "80 > 0.002", "times.nfe2": "80 > 1.088 > 0.002"}
+    assert default.info["times.nfe2"] == "80 > 2.515 > 0.002"
+    metrics = custom(CTMPrecond(), net)
+    assert metrics["traj_mse/nfe2"] == custom.two_step_errors(CTMPrecond(), net, [1.0882])[1.0882]
+    assert metrics["traj_mse/nfe2"] != default(CTMPrecond(), net)["traj_mse/nfe2"]
+    assert metrics["traj_mse/nfe1"] == default(CTMPrecond(), net)["traj_mse/nfe1"]

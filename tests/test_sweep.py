@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -156,20 +157,51 @@ def test_asha_sweep_logs_child_runs_stops_bad_arms_and_writes_best_gin(tmp_path)
     assert str(gin.query_parameter("experiment.preconditioner")) == "@preconditioner.ctm()"
 
 
-def test_crashing_trial_is_an_error_row_and_the_sweep_goes_on(tmp_path):
-    # lr = 1e6 diverges within a few steps (a bad value such as lr = -1 is refused before any run starts)
-    path = write_sweep(tmp_path / "crash.toml", "crash", 50, '"experiment.lr" = { grid = [1e-3, 1e6] }',
-                       extra='max_concurrent = 2\n[scheduler]\ntype = "fifo"\n')
+def _kill_after_first_checkpoint(uri: str, lr: float, killed: list) -> None:
+    """SIGKILL the Ray worker running the trial with this lr once its MLflow run has a checkpoint
+    (a node failure, as far as the trial can tell)."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not killed:
+        try:
+            client = MlflowClient(uri)
+            exp = client.get_experiment_by_name("sweeps-test")
+            for run in client.search_runs([exp.experiment_id]) if exp else []:
+                if run.data.params.get("experiment.lr") == str(lr) and "precondlab.checkpoint_step" in run.data.tags:
+                    os.kill(int(run.data.tags["precondlab.pid"]), signal.SIGKILL)
+                    killed.append(int(run.data.tags["precondlab.checkpoint_step"]))
+                    return
+        except Exception:  # noqa: BLE001 - the store is busy or not there yet
+            pass
+        time.sleep(0.1)
+
+
+def test_crashing_trials_are_retried_from_their_checkpoint_unless_they_would_fail_again(tmp_path):
+    """A trial whose worker dies is started again by Tune and resumes its own MLflow run from its
+    last checkpoint; a trial that diverged (lr = 1e6) is an ERROR row, not retried, and the sweep
+    goes on. (A bad value such as lr = -1 is refused before any run starts.)"""
+    path = write_sweep(tmp_path / "crash.toml", "crash", 200, '"experiment.lr" = { grid = [1e-3, 1e6] }',
+                       extra='max_concurrent = 2\n[scheduler]\ntype = "fifo"\n[failure]\nmax_retries = 1\n')
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    killed = []
+    killer = threading.Thread(target=_kill_after_first_checkpoint, args=(uri, 1e-3, killed), daemon=True)
+    killer.start()
     result = sweep.run(path, tracking_uri=uri, output=tmp_path / "out", num_cpus=2, verbose=False)
+    killer.join(timeout=5)
+    assert killed, "the good trial's worker was never killed"
 
     rows = {r.bindings["experiment.lr"]: r for r in result.rows}
     assert rows[1e6].status == "ERROR" and "non-finite loss at step" in rows[1e6].error
+    assert "not retried" in rows[1e6].error
     assert rows[1e-3].status == "COMPLETED" and result.best is rows[1e-3]
     client, runs = children(uri, result.parent_run_id)
-    status = {r.data.tags["precondlab.trial"]: (r.info.status, r.data.tags.get("error", "")) for r in runs}
-    assert status[rows[1e6].trial_id][0] == "FAILED" and "NonFiniteLossError" in status[rows[1e6].trial_id][1]
-    assert status[rows[1e-3].trial_id][0] == "FINISHED"
+    assert sorted(r.data.tags["precondlab.trial"] for r in runs) == sorted(r.trial_id for r in result.rows)
+    status = {r.data.tags["precondlab.trial"]: r for r in runs}
+    bad, good = status[rows[1e6].trial_id], status[rows[1e-3].trial_id]
+    assert bad.info.status == "FAILED" and "NonFiniteLossError" in bad.data.tags["error"]
+    assert good.info.status == "FINISHED" and int(good.data.tags["precondlab.resumed_from_step"]) >= killed[0]
+    every = int(good.data.params["experiment.eval_every"])
+    steps = [m.step for m in client.get_metric_history(good.info.run_id, METRIC)]
+    assert steps == list(range(0, 201, every))               # one value per evaluation, none twice
     assert client.get_run(result.parent_run_id).info.status == "FINISHED"
     assert "ERROR" in (tmp_path / "out" / "summary.txt").read_text()
 
@@ -200,8 +232,15 @@ def test_resume_continues_an_interrupted_sweep_without_redoing_finished_trials(t
     assert proc.returncode == 130, text
     assert "INTERRUPTED" in text and "--resume" in text
 
+    # the trial the driver interrupted says so, and carries no error
+    (stopped,) = [r for r in client.search_runs([exp_id], "tags.`precondlab.trial` != ''") if r.info.status != "FINISHED"]
+    assert stopped.info.status == "KILLED" and "error" not in stopped.data.tags
+    assert stopped.data.tags["precondlab.sweep_interrupted"] == "true" and "precondlab.stopped_early" not in stopped.data.tags
+
     with pytest.raises(sweep.SweepError, match="--resume"):   # not silently mixed into a new sweep
         sweep.run(path, tracking_uri=uri, output=out, num_cpus=1, verbose=False)
+    with pytest.raises(sweep.SweepError, match="no saved state"):   # a mistyped --output does not start over
+        sweep.run(path, tracking_uri=uri, output=tmp_path / "outt", num_cpus=1, resume=True, verbose=False)
     result = sweep.run(path, tracking_uri=uri, output=out, num_cpus=1, resume=True, verbose=False)
     assert [r.status for r in result.rows] == ["COMPLETED", "COMPLETED"] and not result.interrupted
     _, runs = children(uri, result.parent_run_id)
