@@ -57,7 +57,8 @@ def cmd_run(args) -> int:
     cfg = _load(args)
     try:
         result = experiment.run(cfg, tracking_uri=args.tracking_uri, experiment_name=args.experiment,
-                                progress=not args.no_progress, resume=args.resume)
+                                progress=not args.no_progress, resume=args.resume, run_name=args.run_name,
+                                entry_point="precondlab run", stream=sys.stderr)
     except Interrupted as exc:
         saved = (f"checkpoint of step {exc.checkpoint} logged" if exc.checkpoint is not None
                  else "no checkpoint yet")
@@ -67,10 +68,13 @@ def cmd_run(args) -> int:
     rows = [(k, f"{v:.4g}") for k, v in sorted(result.final.items())]
     rows += [(k[len("eval."):], str(v)) for k, v in sorted(result.info.items()) if k.startswith("eval.times.")]
     rows += [("mlflow run", result.run_id), ("checkpoint", result.checkpoint or "-")]
-    print("\nsummary (final evaluation of the EMA student; lower is better, except psnr):")
-    print(_table(rows))
+    # With --json, stdout holds exactly one JSON document (pipe it into jq); the table goes to stderr.
+    table = sys.stderr if args.json else sys.stdout
+    print("\nsummary (final evaluation of the EMA student; lower is better, except psnr):", file=table)
+    print(_table(rows), file=table)
     if args.json:
-        print(json.dumps({"run_id": result.run_id, "final": result.final}))
+        print(json.dumps({"run_id": result.run_id, "final": result.final, "info": result.info,
+                          "checkpoint": result.checkpoint}))
     return 0
 
 
@@ -141,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
     p.add_argument("--experiment", default="precondlab", help="MLflow experiment name")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="also print the final metrics as JSON")
+    p.add_argument("--json", action="store_true", help="print the final metrics as one JSON document on stdout "
+                                                       "(the summary table then goes to stderr)")
+    p.add_argument("--run-name", help="the MLflow run's name (default: <preconditioner>-<form>-seed<N>-<time>)")
     p.add_argument("--resume", metavar="RUN_ID", help="continue this MLflow run from its last checkpoint "
                                                       "('latest': the newest unfinished run of the experiment)")
     p.set_defaults(func=cmd_run)
@@ -165,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("sweep", help="the sweep definition, e.g. sweeps/toy_precond.toml")
     p.add_argument("--address", help="an existing Ray cluster (default: a local Ray started for the sweep)")
     p.add_argument("--num-samples", type=int, help="override the definition's num_samples")
+    p.add_argument("--scheduler", choices=["asha", "fifo"], help="override the definition's scheduler "
+                                                                  "(fifo: no early stopping)")
+    p.add_argument("--max-concurrent", type=int, help="override the definition's max_concurrent (0: no limit)")
+    p.add_argument("--run-name", help="the MLflow parent run's name (default: the sweep's name)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep (same --output)")
     p.add_argument("--gin_bindings", "--gin_binding", action="append", default=[],
                    help="a gin binding added to every trial, e.g. 'STEPS = 100' (repeatable)")

@@ -17,12 +17,14 @@ from typing import Callable
 import gin
 import torch
 
-from precondlab import plots, tracking, validation
+from precondlab import plots, provenance, registry, tracking, validation
 from precondlab.config import ConfigError, ParsedConfig
 from precondlab.errors import NonFiniteLossError, UserInputError, user_message
 from precondlab.gap import GapEstimator
 from precondlab.interrupt import Interrupted, SignalGuard
 from precondlab.metrics import Evaluator
+from precondlab.preconditioners.base import Preconditioner
+from precondlab.progress import Bar, Phases
 from precondlab.training import checkpoint
 from precondlab.training import resume as resume_run
 from precondlab.training.loop import StepSettings, TrainState, check_ema, check_finite, train_step
@@ -95,21 +97,6 @@ class RunResult:
     info: dict = field(default_factory=dict)   # how the metrics were made (eval.*: NFE times, FID mode)
 
 
-def flatten_operative(text: str) -> dict:
-    """gin's config as flat params ('experiment.steps' -> '3000'), macros (%NAME) substituted."""
-    params, macros = {}, {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or " = " not in line:
-            continue
-        key, value = (v.strip() for v in line.split(" = ", 1))
-        (params if "." in key else macros)[key] = value
-    for key, value in params.items():
-        if value.startswith("%") and value[1:] in macros:
-            params[key] = macros[value[1:]]
-    return params
-
-
 def compile_in_place(modules, backend: str = "inductor", mode: str | None = None) -> int:
     """torch.compile each module in place (nn.Module.compile), so state_dict() names, the EMA's
     parameter pairs and checkpoints are those of the eager modules. Returns how many it compiled.
@@ -143,17 +130,28 @@ def build(config: ParsedConfig | None = None) -> Experiment:
         raise ConfigError(f"{origin}: {str(exc).strip()}") from None
 
 
+def run_label(precond, seed: int) -> str:
+    """'analytic-backward-seed0': what a run's default name starts with."""
+    name = registry.name_of(precond).split(".")[-1]
+    form = precond.describe().get("form")
+    return f"{name}{'-' + form if form else ''}-seed{seed}"
+
+
 def run(config: ParsedConfig, tracking_uri: str | None = None, experiment_name: str = tracking.DEFAULT_EXPERIMENT,
         progress: bool = True, report: Callable[[int, dict], None] | None = None,
         parent_run_id: str | None = None, tags: dict | None = None, out_dir: str | Path | None = None,
-        resume: str | None = None) -> RunResult:
+        resume: str | None = None, run_name: str | None = None, entry_point: str = "precondlab.experiment.run",
+        stream=None) -> RunResult:
     """Run the experiment gin describes (or continue the run ``resume`` names: a run id or 'latest').
 
     Every exception marks the MLflow run FAILED and is re-raised; a signal (``Interrupted``) or
-    Ctrl-C marks it KILLED, after a checkpoint of the step that was running."""
-    exp = build(config)
-    client, uri, exp_id = tracking.connect(tracking_uri, experiment_name)
-    bindings = flatten_operative(gin.config_str())
+    Ctrl-C marks it KILLED, after a checkpoint of the step that was running. Phases and progress
+    go to ``stream`` (stderr) when ``progress``."""
+    phases = Phases(stream=stream, enabled=progress)
+    with phases("setup", f"building {', '.join(config.files) or 'the config'} (teacher, preconditioner, objective)"):
+        exp = build(config)
+        client, uri, exp_id = tracking.connect(tracking_uri, experiment_name)
+    bindings = provenance.stable_params(gin.config_str())
     resumed, logged = None, []
     if resume:
         previous = resume_run.find_run(client, exp_id, resume)
@@ -163,15 +161,16 @@ def run(config: ParsedConfig, tracking_uri: str | None = None, experiment_name: 
         log = tracking.RunLogger(client, exp_id, resume_run_id=previous.info.run_id)
         log.tags(resume_run.identity_tags())
     else:
-        name = exp.name or f"{type(exp.preconditioner).__name__}-seed{exp.seed}"
+        name = run_name or exp.name or f"{run_label(exp.preconditioner, exp.seed)}-{time.strftime('%m%d-%H%M%S')}"
         log = tracking.RunLogger(client, exp_id, run_name=name, parent_run_id=parent_run_id,
-                                 tags={**(tags or {}), **resume_run.identity_tags()})
+                                 tags={**provenance.source_tags(entry_point), **(tags or {}),
+                                       **resume_run.identity_tags()})
     out = Path(out_dir or log.tmp)  # without out_dir, files live in MLflow only (a CIFAR checkpoint is ~1 GB)
     ckpts = checkpoint.Checkpointer(out / "checkpoints", log, exp.checkpoint_every, exp.checkpoint_minutes,
                                     exp.keep_checkpoints, logged)
     try:
         with SignalGuard() as guard:
-            result = _train(exp, config, log, progress, report, bindings, guard, ckpts, resumed)
+            result = _train(exp, config, log, phases, report, bindings, guard, ckpts, resumed)
     except BaseException as exc:
         # Stopped (a signal, Ctrl-C, a sweep's scheduler or driver): KILLED and tagged as such, not
         # as an error; anything else: FAILED with the error as a tag.
@@ -198,7 +197,17 @@ def run(config: ParsedConfig, tracking_uri: str | None = None, experiment_name: 
     return result
 
 
-def _train(exp: Experiment, config: ParsedConfig, log, progress: bool, report, bindings: dict, guard,
+def _statistics_work(precond) -> str:
+    """What the statistics phase does, in words (its line when it starts)."""
+    if type(precond).statistics is Preconditioner.statistics:
+        return f"none ({type(precond).__name__} has closed-form coefficients)"
+    ode = getattr(precond, "ode", None)
+    size = (f": {ode.num_points} lambda points x {ode.num_samples} samples"
+            if hasattr(ode, "num_points") and hasattr(ode, "num_samples") else "")
+    return f"{type(precond).__name__} estimates l(t), s(t) from the teacher{size}"
+
+
+def _train(exp: Experiment, config: ParsedConfig, log, phases: Phases, report, bindings: dict, guard,
            ckpts: checkpoint.Checkpointer, resumed: dict | None) -> RunResult:
     start = time.perf_counter()
     teacher, precond, objective = exp.teacher, exp.preconditioner, exp.objective
@@ -211,6 +220,8 @@ def _train(exp: Experiment, config: ParsedConfig, log, progress: bool, report, b
 
     if resumed is None:
         log.text(config.text, "config.gin")
+        # The MLflow UI cannot preview .gin files: the run's description shows the config.
+        log.tags({"mlflow.note.content": f"`{' '.join(config.files)}`\n\n```\n{config.text[:60000]}\n```"})
         log.params({"teacher": type(teacher).__name__, "preconditioner": type(precond).__name__,
                     **{f"precond.{k}": v for k, v in precond.describe().items()}, **bindings})
     else:  # params are immutable in MLflow: the resumed config is an artifact, the new length a tag
@@ -222,7 +233,8 @@ def _train(exp: Experiment, config: ParsedConfig, log, progress: bool, report, b
     # statistics. The global RNG is forked so that its draws (clean-fid's latents when reference
     # statistics are computed rather than read from the cache) change nothing that follows.
     grid = objective.grid(teacher.schedule, "cpu", torch.float64)
-    with torch.random.fork_rng(devices=[]):
+    with phases("evaluator", "fixed noise and the teacher's references (exact flows, or Heun samples and FID "
+                             "statistics)"), torch.random.fork_rng(devices=[]):
         exp.evaluator.setup(teacher, grid)
     eval_info = getattr(exp.evaluator, "info", None)
     if eval_info and resumed is None:  # the same eval.* params log_artifacts logs at the end, so a failed run has them
@@ -232,10 +244,14 @@ def _train(exp: Experiment, config: ParsedConfig, log, progress: bool, report, b
     # resumed run takes the statistics its checkpoint kept.
     t0 = time.perf_counter()
     if resumed is None:
-        precond.fit(teacher)
+        with phases("statistics", _statistics_work(precond)):
+            precond.fit(teacher)
         stats_seconds = time.perf_counter() - t0
         coeffs = getattr(precond, "coeffs", None)
         info = coeffs.info if coeffs is not None else {}
+        if info.get("cached"):
+            phases.note(f"statistics loaded from the cache {info.get('cache_file')} (estimating them took "
+                        f"{info.get('seconds', float('nan')):.1f} s)")
         log.metrics({"stats/seconds": stats_seconds,  # this run's cost: a cache hit's is its load time
                      **({"stats/denoiser_evals": info["denoiser_evals"]} if "denoiser_evals" in info else {}),
                      **({"stats/cached": float(info["cached"]), "stats/estimate_seconds": info["seconds"]}
@@ -245,10 +261,11 @@ def _train(exp: Experiment, config: ParsedConfig, log, progress: bool, report, b
         stats_seconds = float(resumed.get("stats_seconds", 0.0))
     precond.tabulate(grid)
     if resumed is None:
-        log.figure(plots.coefficients(precond, grid), "coefficients.png")
+        label = f"{log.run.info.run_name} | {run_label(precond, exp.seed)} | {type(teacher).__name__}"
+        log.figure(plots.coefficients(precond, grid, title=label), "coefficients.png")
         coeffs = getattr(precond, "coeffs", None)
         if coeffs is not None:
-            log.figure(plots.ode_coefficients(coeffs), "l_s_curves.png")
+            log.figure(plots.ode_coefficients(coeffs, title=label), "l_s_curves.png")
         if teacher.analytic and precond.denoiser_form and exp.gap_pairs:
             gaps = GapEstimator(teacher, num_samples=2048)
             for t, s in exp.gap_pairs:
@@ -305,12 +322,11 @@ def _train(exp: Experiment, config: ParsedConfig, log, progress: bool, report, b
                     "statistics": precond.statistics(), "bindings": bindings, "evaluator": evaluator_state,
                     "stats_seconds": stats_seconds, "elapsed": elapsed_before + time.perf_counter() - start})
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=exp.steps, initial=state.step, desc=log.run.info.run_name, unit="it", dynamic_ncols=True)
     if resumed is None:
-        evaluate(0)
+        with phases("first evaluation"):
+            evaluate(0)
+    bar = Bar(exp.steps, log.run.info.run_name, "step", initial=state.step, stream=phases.stream,
+              enabled=phases.enabled)
     train_start, steps_before = time.perf_counter(), state.step
     guard.deferring = True  # a signal now ends the step, then the run (with a checkpoint)
     try:
@@ -320,10 +336,7 @@ def _train(exp: Experiment, config: ParsedConfig, log, progress: bool, report, b
             if step % 50 == 0 or step == exp.steps:
                 check_finite(state)
                 log.metrics({"loss": float(loss), **{k: float(v) for k, v in logs.items()}}, step)
-            if bar is not None:
-                bar.update(1)
-                if step % 50 == 0:
-                    bar.set_postfix(loss=f"{float(loss):.3g}")
+            bar.update(1, **({"loss": f"{float(loss):.3g}"} if step % 50 == 0 else {}))
             if step % exp.eval_every == 0 or step == exp.steps:
                 check_finite(state)
                 evaluate(step)
@@ -337,17 +350,20 @@ def _train(exp: Experiment, config: ParsedConfig, log, progress: bool, report, b
         raise
     finally:
         guard.deferring = False
-        if bar is not None:
-            bar.close()
+        bar.close()
     train_seconds = time.perf_counter() - train_start
+    phases.seconds["training"] = train_seconds
 
-    log.text(gin.operative_config_str(), "operative_config.gin")
-    exp.evaluator.log_artifacts(log, precond, target, device)
+    with phases("artifacts", "operative config, plots, samples"):
+        log.text(gin.operative_config_str(), "operative_config.gin")
+        exp.evaluator.log_artifacts(log, precond, target, device, title=f"{log.run.info.run_name} | "
+                                    f"{run_label(precond, exp.seed)} | EMA student at step {state.step}")
     final = dict(state.history[-1][1])
-    seconds = elapsed_before + time.perf_counter() - start
+    seconds = elapsed_before + time.perf_counter() - start + phases.seconds.get("setup", 0.0)
     summary = {"summary/seconds": seconds, "summary/train_seconds": train_seconds,
                "summary/steps_per_second": (state.step - steps_before) / max(train_seconds, 1e-9),
-               "summary/stats_share": stats_seconds / seconds}
+               "summary/stats_share": stats_seconds / seconds,
+               **{f"time/{name}": value for name, value in phases.seconds.items()}}
     log.metrics(summary, exp.steps)
     final.update(summary)
     if not all(math.isfinite(v) for v in final.values()):

@@ -94,7 +94,7 @@ class ImageEvaluator:
                 self.info.update({k: v for k, v in result.items() if "/" not in k})
         return out
 
-    def log_artifacts(self, log, precond, net, device="cpu") -> None:
+    def log_artifacts(self, log, precond, net, device="cpu", title: str = "") -> None:
         from precondlab.evaluation import save_grid
         z = self.z[: self.grid_images]
         save_grid(self.reference[: self.grid_images], log.tmp / "teacher_heun.png")

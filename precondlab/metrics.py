@@ -116,16 +116,16 @@ class Evaluator:
             out[float(tau)] = float(((x - self.exact) ** 2).mean())
         return out
 
-    def log_artifacts(self, log, precond, net, device="cpu") -> None:
+    def log_artifacts(self, log, precond, net, device="cpu", title: str = "") -> None:
         """The sample scatter plot (data, exact flow, student at each NFE) and, on analytic
-        teachers, the 2-step error against the intermediate time."""
+        teachers, the 2-step error against the intermediate time; ``title`` names run and step."""
         from precondlab import plots
-        log.figure(plots.samples(self, precond, net, device), "samples.png")
+        log.figure(plots.samples(self, precond, net, device, title=title), "samples.png")
         if self.exact is not None:
             errors = self.two_step_errors(precond, net, intermediate_times(self.teacher.schedule, self.train_grid),
                                           device)
             grid = [] if self.train_grid is None else [float(t) for t in self.train_grid]
-            log.figure(plots.two_step_vs_time(errors, grid, self.times.get(2)), "two_step_vs_time.png")
+            log.figure(plots.two_step_vs_time(errors, grid, self.times.get(2), title=title), "two_step_vs_time.png")
             log.text(json.dumps({"intermediate_time": list(errors), "traj_mse": list(errors.values()),
                                  "training_grid": grid}, indent=1), "two_step_vs_time.json", "eval")
 

@@ -25,6 +25,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,8 +160,11 @@ def _table(rows: list[TrialRow], sweep: Sweep) -> str:
 def run(sweep_file: str | Path, *, address: str | None = None, num_samples: int | None = None,
         resume: bool = False, bindings: list[str] | None = None, tracking_uri: str | None = None,
         output: str | Path | None = None, num_cpus: int | None = None, experiment_name: str | None = None,
-        verbose: bool = True) -> SweepResult:
-    """Run (or, with resume, continue) a sweep; returns the per-trial rows and the best trial."""
+        verbose: bool = True, scheduler: str | None = None, max_concurrent: int | None = None,
+        run_name: str | None = None, progress_every: float = 15.0) -> SweepResult:
+    """Run (or, with resume, continue) a sweep; returns the per-trial rows and the best trial.
+    ``scheduler`` ('asha' or 'fifo'), ``max_concurrent`` and ``num_samples`` override the file's;
+    with ``verbose`` a table of the trials is printed every ``progress_every`` seconds."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables from Tune, ours only
@@ -168,10 +172,23 @@ def run(sweep_file: str | Path, *, address: str | None = None, num_samples: int 
     sweep = load(sweep_file)
     if num_samples is not None:
         sweep.num_samples = _int(sweep.path, "--num-samples", num_samples, 1)
+    if max_concurrent is not None:
+        sweep.max_concurrent = _int(sweep.path, "--max-concurrent", max_concurrent, 0)
+    if scheduler is not None:
+        if scheduler not in ("asha", "fifo"):
+            raise SweepError(f"--scheduler {scheduler!r}: must be 'asha' or 'fifo'")
+        if scheduler != sweep.scheduler["type"]:
+            sweep.scheduler = ({"type": "fifo"} if scheduler == "fifo" else
+                               {"type": "asha", "time_attr": "step", "grace_period": 1, "reduction_factor": 2})
     if experiment_name:
         sweep.experiment = experiment_name
     extra = list(bindings or [])
     base_files, base_text, default_max_t = prepare(sweep, extra)
+    if sweep.scheduler["type"] == "asha" and sweep.scheduler.get("grace_period") == 1 and scheduler == "asha":
+        sweep.scheduler["grace_period"] = max(1, default_max_t // 4)   # --scheduler asha on a fifo file
+    inert = _inert_asha(sweep, default_max_t)
+    if inert:
+        warnings.warn(inert, stacklevel=2)
     from precondlab import tracking
 
     uri = absolute_uri(tracking_uri)
@@ -193,14 +210,18 @@ def run(sweep_file: str | Path, *, address: str | None = None, num_samples: int 
             raise SweepError(f"--resume: {sweep.name!r} logged to {state.get('tracking_uri')}, not {uri}; "
                              f"pass --tracking-uri {state.get('tracking_uri')}")
         client.update_run(parent_id, status="RUNNING")
+        started -= float(state.get("seconds", 0.0))   # the clock goes on from where the sweep stopped
         if verbose:
-            print(f"resuming sweep {sweep.name!r} from {exp_path} (MLflow parent run {parent_id})")
+            print(f"resuming sweep {sweep.name!r} from {exp_path} (MLflow parent run {parent_id}, "
+                  f"{state.get('seconds', 0.0):.0f} s so far)")
     elif resume:  # a mistyped --output must not start the sweep over
         raise SweepError(f"--resume: no saved state of sweep {sweep.name!r} under {out} (Tune's state would be in "
                          f"{exp_path}); check --output, or drop --resume to start it afresh")
     else:
-        parent = tracking.RunLogger(client, exp_id, run_name=sweep.name,
-                                    tags={"precondlab.sweep": sweep.name, "precondlab.sweep_file": str(sweep.path),
+        from precondlab import provenance
+        parent = tracking.RunLogger(client, exp_id, run_name=run_name or sweep.name,
+                                    tags={**provenance.source_tags("precondlab sweep"),
+                                          "precondlab.sweep": sweep.name, "precondlab.sweep_file": str(sweep.path),
                                           "precondlab.role": "sweep"})
         parent_id = parent.run_id
         parent.params({"sweep_file": str(sweep.path), "base": ",".join(map(str, base_files)),
@@ -219,9 +240,12 @@ def run(sweep_file: str | Path, *, address: str | None = None, num_samples: int 
             "sweep": sweep, "base_text": base_text, "base_files": base_files, "extra": extra,
             "tracking_uri": uri, "parent_run_id": parent_id, "address": address, "cwd": os.getcwd()},
             storage=storage, address=address, num_cpus=num_cpus, resume=has_state,
-            default_max_t=default_max_t, client=client, exp_id=exp_id)
+            default_max_t=default_max_t, client=client, exp_id=exp_id,
+            callbacks=[SweepProgress(sweep, progress_every)] if verbose else [])
         best = _best(rows, sweep)
         seconds = time.perf_counter() - started
+        state = json.loads(state_path.read_text())
+        state_path.write_text(json.dumps({**state, "seconds": seconds}, indent=1))
         text, best_gin = _report_sweep(sweep, rows, best, interrupted, seconds, out, base_text, extra,
                                        client, exp_id, parent_id)
     except BaseException as exc:
@@ -235,7 +259,7 @@ def run(sweep_file: str | Path, *, address: str | None = None, num_samples: int 
 
 
 def _tune(sweep: Sweep, payload: dict, storage: Path, address, num_cpus, resume: bool, default_max_t: int,
-          client, exp_id: str) -> tuple[list[TrialRow], bool, list[str]]:
+          client, exp_id: str, callbacks=()) -> tuple[list[TrialRow], bool, list[str]]:
     """Start or join Ray, run (or restore) the Tune experiment, collect one row per trial."""
     import ray
     from ray import tune
@@ -269,6 +293,8 @@ def _tune(sweep: Sweep, payload: dict, storage: Path, address, num_cpus, resume:
         if resume:
             with _quiet("ray.tune.analysis.experiment_analysis"):  # warns for every trial without results
                 tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True, resume_errored=False)
+            # Tune restores the saved RunConfig; this run's callbacks (the progress table) replace its.
+            tuner._local_tuner._run_config.callbacks = list(callbacks)  # noqa: SLF001 - no public way
         else:
             from ray.tune.search.basic_variant import BasicVariantGenerator
             tuner = tune.Tuner(
@@ -280,13 +306,84 @@ def _tune(sweep: Sweep, payload: dict, storage: Path, address, num_cpus, resume:
                     search_alg=BasicVariantGenerator(max_concurrent=sweep.max_concurrent,
                                                      random_state=sweep.seed)),
                 run_config=tune.RunConfig(name=sweep.name, storage_path=str(storage), verbose=0,
-                                          failure_config=tune.FailureConfig(max_failures=sweep.max_retries)))
+                                          failure_config=tune.FailureConfig(max_failures=sweep.max_retries),
+                                          callbacks=list(callbacks)))
         grid = tuner.fit()
         rows, interrupted = _collect(grid, _trial_statuses(grid, exp_path), sweep, client, exp_id, parent_id)
         return rows, interrupted or len(rows) < sweep.expected_trials(), cluster_nodes
     finally:
         if we_started:
             ray.shutdown()
+
+
+def _inert_asha(sweep: Sweep, default_max_t: int) -> str | None:
+    """Why ASHA cannot stop any trial early with this schedule, or None."""
+    s = sweep.scheduler
+    if s["type"] != "asha" or s.get("time_attr", "step") != "step":
+        return None
+    max_t = s.get("max_t") or default_max_t
+    first = s.get("grace_period", 1)
+    if first >= max_t or default_max_t <= first:
+        return (f"{sweep.path}: ASHA cannot stop any trial early: its first rung (grace_period = {first} steps) "
+                f"is not before the end of training ({min(max_t, default_max_t)} steps); lower grace_period or "
+                f"raise STEPS, or use --scheduler fifo")
+    return None
+
+
+class SweepProgress:
+    """A Tune callback: a table of the trials (step, metric, status) every ``every`` seconds and when a
+    trial ends, so a sweep is never silent. Plain lines, fine in logs."""
+
+    def __init__(self, sweep: Sweep, every: float = 15.0):
+        self.sweep, self.every = sweep, every   # no stream kept: Tune pickles its callbacks with its state
+        self.rows: dict[str, dict] = {}
+        self.last = 0.0
+        self.started = time.perf_counter()
+
+    def _show(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now - self.last < self.every:
+            return
+        self.last = now
+        done = sum(r["status"] in ("TERMINATED", "ERROR") for r in self.rows.values())
+        lines = [f"[sweep {self.sweep.name}] {now - self.started:.0f} s: {done} of {self.sweep.expected_trials()} "
+                 f"trials done"]
+        for trial_id, r in sorted(self.rows.items()):
+            value = r.get("metric")
+            shown = "-" if value is None else f"{value:.5g}"
+            lines.append(f"  {trial_id:<14} {r['status']:<10} step {r.get('step', '-')!s:<7} "
+                         f"{self.sweep.metric} {shown:<10} {r['config']}")
+        print("\n".join(lines), file=sys.stdout, flush=True)
+
+    def _row(self, trial) -> dict:
+        return self.rows.setdefault(trial.trial_id, {"status": "PENDING", "config": ", ".join(
+            f"{k}={v}" for k, v in self.sweep.display(trial.config).items())})
+
+    # Tune's Callback interface (duck-typed: ray.tune.Callback's methods; no Ray import here)
+    def setup(self, **info):
+        pass
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._row(trial)["status"] = "RUNNING"
+        self._show()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        row = self._row(trial)
+        row.update(status="RUNNING", step=result.get("step"), metric=result.get(self.sweep.metric))
+        self._show()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._row(trial)["status"] = "TERMINATED"
+        self._show(force=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._row(trial)["status"] = "ERROR"
+        self._show(force=True)
+
+    def __getattr__(self, name):  # every other callback hook: nothing to do
+        if name.startswith("on_") or name in ("get_state", "set_state"):
+            return lambda *a, **k: None
+        raise AttributeError(name)
 
 
 def _report_sweep(sweep: Sweep, rows, best, interrupted: bool, seconds: float, out: Path, base_text: str,
@@ -389,7 +486,8 @@ def main_args(args) -> int:
     """`precondlab sweep`: run and print; exit 130 when interrupted (resume with --resume)."""
     result = run(args.sweep, address=args.address, num_samples=args.num_samples, resume=args.resume,
                  bindings=args.gin_bindings, tracking_uri=args.tracking_uri, output=args.output,
-                 num_cpus=args.num_cpus, experiment_name=args.experiment)
+                 num_cpus=args.num_cpus, experiment_name=args.experiment, scheduler=args.scheduler,
+                 max_concurrent=args.max_concurrent, run_name=args.run_name)
     if result.best_gin is not None:
         print(f"best trial's gin: {result.best_gin}")
     sys.stdout.flush()

@@ -1,4 +1,5 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # One intra-op thread per test process (and CLI subprocess): the tensors here are tiny, and on
 # two cores a second thread mostly waits on the other test process or the CPU next door.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# precondlab's caches (the MLflow store template, Analytic-Precond statistics) in a folder of this
+# test session's, shared by its CLI subprocesses, never the user's ~/.cache/precondlab.
+os.environ["PRECONDLAB_CACHE"] = tempfile.mkdtemp(prefix="precondlab-test-cache-")
 REPO = Path(__file__).resolve().parents[1]
 GIN = REPO / "gin"
 

@@ -6,6 +6,7 @@ the evaluation is seeded, so a trial's metrics do not depend on timing, only on 
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -97,6 +98,16 @@ def test_bad_definitions_name_file_and_key(tmp_path, body, match):
     with pytest.raises(sweep.SweepError, match=match) as info:
         sweep.load(path)
     assert str(path) in str(info.value)
+
+
+def test_a_schedule_that_leaves_asha_nothing_to_do_is_flagged(tmp_path):
+    path = write_sweep(tmp_path / "short.toml", "short", 50, '"experiment.lr" = { grid = [1e-3] }',
+                       extra="[scheduler]\ntype = \"asha\"\ngrace_period = 100\n")
+    definition = sweep.load(path)
+    assert "cannot stop any trial early" in sweep._inert_asha(definition, 50)          # noqa: SLF001
+    assert sweep._inert_asha(definition, 400) is None                                   # noqa: SLF001
+    definition.scheduler = {"type": "fifo"}
+    assert sweep._inert_asha(definition, 50) is None                                    # noqa: SLF001
 
 
 def test_typo_in_a_swept_binding_fails_before_ray(tmp_path):
@@ -231,6 +242,9 @@ def test_resume_continues_an_interrupted_sweep_without_redoing_finished_trials(t
             proc.kill()
     assert proc.returncode == 130, text
     assert "INTERRUPTED" in text and "--resume" in text
+    # the trials' table was printed while the sweep ran (before its final summary)
+    assert text.index("[sweep resume]") < text.index("INTERRUPTED") and "RUNNING" in text
+    first_part = json.loads((out / sweep.STATE_FILE).read_text())["seconds"]
 
     # the trial the driver interrupted says so, and carries no error
     (stopped,) = [r for r in client.search_runs([exp_id], "tags.`precondlab.trial` != ''") if r.info.status != "FINISHED"]
@@ -243,6 +257,7 @@ def test_resume_continues_an_interrupted_sweep_without_redoing_finished_trials(t
         sweep.run(path, tracking_uri=uri, output=tmp_path / "outt", num_cpus=1, resume=True, verbose=False)
     result = sweep.run(path, tracking_uri=uri, output=out, num_cpus=1, resume=True, verbose=False)
     assert [r.status for r in result.rows] == ["COMPLETED", "COMPLETED"] and not result.interrupted
+    assert result.seconds > first_part > 0                 # the resumed sweep's clock went on
     _, runs = children(uri, result.parent_run_id)
     per_trial = {}
     for r in runs:

@@ -13,8 +13,9 @@ pass instead of one JVP per coordinate.
 
 Network teachers (images (B, C, H, W), a SongUNet on 'cuda' or 'cpu') are estimated in the
 teacher's own dtype when it declares one (``teacher.dtype``, float32 for a network), else in
-the dtype ``teacher.sample_x0`` returns. With ``cache_dir`` set, a fit is saved to
-``<cache_dir>/analytic-<hash>.pt`` keyed by the teacher's identity (``teacher.fingerprint()``,
+the dtype ``teacher.sample_x0`` returns. A fit is saved to ``<cache_dir>/analytic-<hash>.pt``
+(``cache_dir = "auto"``, the default: ``$PRECONDLAB_CACHE/statistics``, else
+``~/.cache/precondlab/statistics``; None: no cache) keyed by the teacher's identity (``teacher.fingerprint()``,
 else a hash of its ``describe()`` and tensors), the lambda grid, the sample count, the trace
 method, the probes, the seed and the dtype; a later fit with the same key loads it
 (``info['cached'] = True``, ``info['seconds']`` the original cost).
@@ -31,6 +32,7 @@ from pathlib import Path
 import torch
 from torch.func import jvp
 
+from precondlab import progress
 from precondlab.fileio import atomic_write
 from precondlab.hashing import update_with_tensor
 from precondlab.odes.base import ODECoefficients, ODEGeneralization
@@ -75,7 +77,7 @@ class AnalyticODE(ODEGeneralization):
                  batch_size: int = 4096,       # samples per denoiser call (lower it for big networks)
                  seed: int = 0,
                  device: str | None = None,    # where x lives: 'cpu', 'cuda'; None: the teacher's device (else cpu)
-                 cache_dir: str | None = None,   # save/load fits here, keyed by teacher + settings
+                 cache_dir: str | None = "auto",   # save/load fits here, keyed by teacher + settings (None: off)
                  clamp: float = 20.0):         # |l|, |s| bound: keeps exp(int s) finite on a poor estimate
         from precondlab import validation as v
         v.one_of("ode.analytic.trace", trace, ("auto", "exact", "hutchinson"))
@@ -138,8 +140,9 @@ class AnalyticODE(ODEGeneralization):
         key = self.cache_key(teacher, method, x0.dtype, lam)
         digest = key_digest(key)
         cache_file = None
-        if self.cache_dir is not None:
-            cache_file = Path(self.cache_dir).expanduser() / f"analytic-{digest[:32]}.pt"
+        folder = cache_folder(self.cache_dir)
+        if folder is not None:
+            cache_file = folder / f"analytic-{digest[:32]}.pt"
             cached = load_cached(cache_file, key, start)
             if cached is not None:
                 cached.info["key_digest"] = digest
@@ -155,7 +158,9 @@ class AnalyticODE(ODEGeneralization):
         h = lam[1] - lam[0]
         lam_ext = torch.cat([lam[:1] - 2 * h, lam[:1] - h, lam, lam[-1:] + h, lam[-1:] + 2 * h])
         l_ext = torch.zeros(lam_ext.numel(), dtype=torch.float64)
+        shown = progress.bar(lam_ext.numel() + self.num_points, "statistics", unit="point")
         for i, t in enumerate(sched.t_of_lam(lam_ext)):
+            shown.update(1)
             total = 0.0
             for xb, nb in batches():
                 x = sched.add_noise(xb, t, nb)
@@ -173,6 +178,7 @@ class AnalyticODE(ODEGeneralization):
         # Pass 2: s_t from the total derivative of g_phi along the ODE.
         s = torch.zeros(self.num_points, dtype=torch.float64)
         for i, t in enumerate(ts):
+            shown.update(1)
             num = den = 0.0
             for xb, nb in batches():
                 x = sched.add_noise(xb, t, nb)
@@ -195,6 +201,7 @@ class AnalyticODE(ODEGeneralization):
                           f"were clamped (num_samples={self.num_samples}; raise it if this is a real teacher)",
                           stacklevel=2)
         l, s = l.clamp(-self.clamp, self.clamp), s.clamp(-self.clamp, self.clamp)
+        shown.close()
         seconds = time.perf_counter() - start
         info = {"ode": "analytic", "trace": method, "num_points": self.num_points, "clamped": clamped,
                 "num_samples": self.num_samples, "denoiser_evals": evals, "seconds": seconds,
@@ -208,6 +215,16 @@ class AnalyticODE(ODEGeneralization):
 
 # -- the on-disk cache --------------------------------------------------------------------------
 CACHE_VERSION = 2  # bump when the estimator's math changes: old cache files then miss
+
+
+def cache_folder(cache_dir: str | None) -> Path | None:
+    """Where statistics are cached: 'auto' is $PRECONDLAB_CACHE/statistics or ~/.cache/precondlab/statistics."""
+    if cache_dir is None:
+        return None
+    if cache_dir == "auto":
+        import os
+        return Path(os.environ.get("PRECONDLAB_CACHE", Path.home() / ".cache" / "precondlab")) / "statistics"
+    return Path(cache_dir).expanduser()
 
 
 def key_digest(key: dict) -> str:

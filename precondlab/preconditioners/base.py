@@ -89,4 +89,6 @@ class Preconditioner:
         return _bcast(f, x) * x + _bcast(g, x) * F
 
     def describe(self) -> dict:
-        return {"name": type(self).__name__}
+        """What names this preconditioning in a run's params (precond.*) and default name."""
+        from precondlab.registry import name_of
+        return {"name": name_of(self).split(".")[-1]}
