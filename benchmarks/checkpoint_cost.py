@@ -39,7 +39,7 @@ def student(name: str) -> torch.nn.Module:
     if name == "toy":
         from precondlab.students.mlp import MLPStudent
         return MLPStudent(dim=8)
-    from precondlab.nets.songunet import SongUNetStudent
+    from precondlab.students.songunet import SongUNetStudent
     return SongUNetStudent(dim=3 * 32 * 32, img_resolution=32, in_channels=3, model_channels=128,
                            channel_mult=(2, 2, 2), num_blocks=4, attn_resolutions=(16,), dropout=0.13)
 

@@ -182,7 +182,7 @@ def ctm_step_timing(a, teacher, precond, device, compile: bool = False) -> dict:
     ``compile``, student, EMA target and teacher network go through torch.compile as
     ``experiment.compile = True`` does (the teacher's network stays compiled afterwards)."""
     from precondlab.experiment import compile_in_place
-    from precondlab.nets.songunet import SongUNetStudent, init_from_teacher
+    from precondlab.students.songunet import SongUNetStudent, init_from_teacher
     from precondlab.training.losses import pseudo_huber
     from precondlab.training.objectives import CTMObjective
 
@@ -362,7 +362,7 @@ def write_fashion_fixture(folder: Path, n: int = 64, seed: int = 1) -> Path:
 
 def bench_fashion(a, tmp: Path, report, save) -> None:
     from precondlab import config, experiment
-    from precondlab.teacher_training import train_teacher
+    from precondlab.training.teacher import train_teacher
 
     uri = f"sqlite:///{tmp / 'mlruns.db'}"
     data = [f"dataset.fashion_mnist.data_dir = {str(a.data_dir)!r}"] if a.data_dir else []

@@ -10,7 +10,7 @@ import argparse
 
 import torch
 
-from precondlab.gap import GapEstimator
+from precondlab.evaluation.gap import GapEstimator
 from precondlab.odes.analytic import AnalyticODE
 from precondlab.preconditioners.analytic import AnalyticPrecond
 from precondlab.preconditioners.ctm import CTMPrecond

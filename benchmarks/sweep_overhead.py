@@ -42,7 +42,8 @@ def main() -> int:
     import torch
     from mlflow.tracking import MlflowClient
 
-    from precondlab import config, experiment, sweep, tracking
+    from precondlab import config, experiment, tracking
+    from precondlab.tuning import runner as sweep
     tracking.connect(uri, "bench")
     torch.set_num_threads(1)  # as a trial with cpu = 1 runs
 

@@ -28,7 +28,7 @@ import gin
 import torch
 
 from precondlab import config, experiment
-from precondlab.metrics import Evaluator
+from precondlab.evaluation.analytic import Evaluator
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {

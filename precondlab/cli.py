@@ -34,8 +34,13 @@ def cmd_list(args) -> int:
         if e.kind != kind:
             kind = e.kind
             print(f"{kind}  ({registry.KINDS[kind]})")
-        origin = "" if e.module.startswith("precondlab.") else f"  [{e.module}]"
+        origin = "" if not e.third_party else f"  [plugin {e.distribution} {e.version}]"
         print(f"  {e.name:<{width}}  {e.doc}{origin}")
+    broken = [f for f in registry.failures() if args.kind is None or f.kind == registry._check_kind(args.kind)]  # noqa: SLF001
+    if broken:
+        print("not loaded (broken plugins):")
+        for f in broken:
+            print(f"  {f.kind} {f.name}: {f.distribution} ({f.entry_point}): {f.reason}")
     return 0
 
 
@@ -80,40 +85,95 @@ def cmd_run(args) -> int:
 
 def cmd_gap(args) -> int:
     from precondlab import experiment, registry
-    from precondlab.gap import GapEstimator, check_pair, parse_pairs
+    from precondlab.errors import UserInputError
+    from precondlab.evaluation.gap import GapEstimator, GapRow, check_pair, parse_pairs
     pairs = parse_pairs(args.pairs)
     teacher = experiment.build(_load(args)).teacher
     for t, s in pairs:
         check_pair(t, s, teacher.schedule)
-    names = args.preconditioners.split(",") if args.preconditioners else [
-        e.name for e in registry.list_entries("preconditioner") if e.obj.denoiser_form]
+    explicit = bool(args.preconditioners)
+    names = args.preconditioners.split(",") if explicit else [
+        e.name for e in registry.list_entries("preconditioner") if getattr(e.obj, "denoiser_form", True)]
+    if not explicit:  # a broken plugin's preconditioner is a row with its error, not the end of the table
+        names += [f.name for f in registry.failures() if f.kind == "preconditioner"]
     estimator = GapEstimator(teacher, num_samples=args.samples)
-    rows, fitted = [], {}
+    rows, fitted, failed = [], {}, []
+    nan = float("nan")
     for spec in names:
         name, _, form = spec.partition(":")
-        cls = registry.get("preconditioner", name)
-        if not cls.denoiser_form:
+        try:
+            cls = registry.get("preconditioner", name)
+        except registry.UnknownEntryError as exc:
+            if explicit and registry.failure("preconditioner", name) is None:
+                raise
+            failed.append(name)
+            rows += [GapRow(name, t, s, nan, nan, nan, nan, str(exc)) for t, s in pairs]
+            continue
+        if not getattr(cls, "denoiser_form", True):
             print(f"# skipped {name}: its F is a raw network output, not a denoiser, so the gap does not apply",
                   file=sys.stderr)
             continue
         forms = [form] if form else list(getattr(cls, "forms", [""]))
         for fm in forms:
-            precond = cls(form=fm) if fm else cls()
-            key = (name, type(getattr(precond, "ode", None)).__name__)
-            if key in fitted:
-                precond.schedule, precond.coeffs = teacher.schedule, fitted[key]
-            else:
-                precond.fit(teacher)
-                fitted[key] = getattr(precond, "coeffs", None)
             label = f"{name}:{fm}" if fm else name
-            rows += [estimator.row(label, precond, t, s) for t, s in pairs]
+            try:
+                precond = cls(form=fm) if fm else cls()
+                key = (name, type(getattr(precond, "ode", None)).__name__)
+                if key in fitted:
+                    precond.schedule, precond.coeffs = teacher.schedule, fitted[key]
+                else:
+                    precond.fit(teacher)
+                    fitted[key] = getattr(precond, "coeffs", None)
+                experiment.check_contract(precond)
+                rows += [estimator.row(label, precond, t, s) for t, s in pairs]
+            except Exception as exc:  # noqa: BLE001 - one broken preconditioner is one row, the rest go on
+                found = registry.entry_of(cls)
+                who = registry.describe_entry(found) if found else name
+                error = str(exc) if isinstance(exc, UserInputError) else f"{who} raised {type(exc).__name__}: {exc}"
+                failed.append(label)
+                rows += [GapRow(label, t, s, nan, nan, nan, nan, error.splitlines()[0]) for t, s in pairs]
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=1))
-        return 0
-    print(f"{'preconditioner':<20} {'t':>8} {'s':>8} {'f':>10} {'g':>10} {'gap vs D(x_t,t)':>16} {'gap vs D(x_s,s)':>16}")
-    for r in rows:
-        print(f"{r.preconditioner:<20} {r.t:>8.4g} {r.s:>8.4g} {r.f:>10.4g} {r.g:>10.4g} {r.gap_t:>16.4g} {r.gap_s:>16.4g}")
-    return 0
+    else:
+        print(f"{'preconditioner':<20} {'t':>8} {'s':>8} {'f':>10} {'g':>10} {'gap vs D(x_t,t)':>16} {'gap vs D(x_s,s)':>16}")
+        for r in rows:
+            if r.error:
+                print(f"{r.preconditioner:<20} {r.t:>8.4g} {r.s:>8.4g}  error: {r.error}")
+            else:
+                print(f"{r.preconditioner:<20} {r.t:>8.4g} {r.s:>8.4g} {r.f:>10.4g} {r.g:>10.4g} {r.gap_t:>16.4g} "
+                      f"{r.gap_s:>16.4g}")
+    return 2 if explicit and failed else 0
+
+
+def cmd_check(args) -> int:
+    """precondlab check KIND NAME [NAME ...]: each one's conformance table; exit 0 only if no rule fails."""
+    from precondlab import registry, testing
+    kind = registry._check_kind(args.kind)  # noqa: SLF001
+    if args.gin_file or args.gin_bindings:
+        args.config = []
+        _load(args)
+    else:
+        registry.load_plugins()
+    broken_any = False
+    for name in args.names:
+        broken = registry.failure(kind, name)
+        if broken is not None:
+            print(f"{kind} {name!r} ({broken.distribution}): not loaded\n  FAIL  load  {broken.reason} "
+                  f"({broken.entry_point})")
+            broken_any = True
+            continue
+        found = registry.entry(kind, name)
+        # Students, losses and samplers are checked as the callables the experiment calls; the rest
+        # as the instances gin makes (with the bindings given, if any).
+        obj = found.obj if kind in ("student", "loss", "sampler") else found.obj()
+        results = testing.checks_for(kind, obj)
+        failed = [r for r in results if r.passed is False]
+        broken_any |= bool(failed)
+        print(f"{registry.describe_entry(found)}: {registry.KINDS[kind]}")
+        print(testing.report(results))
+        print(f"  {len(results) - len(failed)} of {len(results)} rules pass or do not apply"
+              + (f"; broken: {', '.join(r.rule for r in failed)}" if failed else ""))
+    return 1 if broken_any else 0
 
 
 def cmd_sync(args) -> int:
@@ -125,18 +185,19 @@ def cmd_sync(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from precondlab import sweep
+    from precondlab.tuning import runner as sweep
     return sweep.main_args(args)
 
 
 def cmd_train_teacher(args) -> int:
-    from precondlab import teacher_training
+    from precondlab.training import teacher as teacher_training
     return teacher_training.main_args(args)
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*")  # raised by a dependency's import
+    warnings.formatwarning = lambda message, category, *rest, **kw: f"precondlab: warning: {message}\n"
     parser = argparse.ArgumentParser(prog="precondlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -165,6 +226,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print a JSON list of "
                                                        "{preconditioner, t, s, f, g, gap_t, gap_s}")
     p.set_defaults(func=cmd_gap)
+
+    p = sub.add_parser("check", help="run a component's conformance checks (docs/plugins.md) and print a "
+                                     "pass/fail table; exit 0 only if all pass")
+    p.add_argument("kind", help="preconditioner, teacher, student, loss, sampler, schedule, ode, objective, ...")
+    p.add_argument("names", nargs="+", metavar="NAME", help="registered names, e.g. variance")
+    p.add_argument("--gin_file", action="append", default=[], help="gin files whose bindings configure it")
+    p.add_argument("--gin_bindings", "--gin_binding", action="append", default=[],
+                   help="a gin binding, e.g. 'preconditioner.analytic.form = \"forward\"' (repeatable)")
+    p.add_argument("--gin_search_paths", action="append", default=[], help="folders searched for includes")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("sweep", help="run a Ray Tune sweep (a TOML definition, see sweeps/README.md), "
                                      "one MLflow child run per trial")

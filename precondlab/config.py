@@ -64,6 +64,9 @@ def check_references(text: str, origin: str) -> None:
                 continue
             kind, _, name = ref.partition(".")
             if name and kind in registry.KINDS:
+                broken = registry.failure(kind, name)
+                if broken is not None:
+                    raise ConfigError(f"{origin}, line {lineno}: {broken}")
                 close = registry.suggest(kind, name)
                 hint = f" Did you mean: {', '.join('@' + kind + '.' + c for c in close)}?" if close else ""
                 raise ConfigError(f"{origin}, line {lineno}: unknown {kind} {name!r} in {raw.strip()!r}.{hint} "

@@ -23,6 +23,14 @@ class CheckpointError(UserInputError, RuntimeError):
     to run code; the message names the file and what is wrong with it, in one line."""
 
 
+class ContractError(UserInputError):
+    """A component that breaks the contract of its kind (docs/plugins.md): named with its plugin."""
+
+
+class PluginError(UserInputError):
+    """An exception raised inside a plugin's code during a run: named with the plugin."""
+
+
 class ResumeError(UserInputError):
     """A run that cannot be resumed as asked (unknown run, no checkpoint, a config that changes the math)."""
 
@@ -43,4 +51,5 @@ def user_message(exc: BaseException) -> str:
     return _GIN_CONTEXT.sub("", str(exc)).strip()
 
 
-__all__ = ["CheckpointError", "NonFiniteLossError", "ResumeError", "UserInputError", "user_message"]
+__all__ = ["CheckpointError", "ContractError", "NonFiniteLossError", "PluginError", "ResumeError", "UserInputError",
+           "user_message"]

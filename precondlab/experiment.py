@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -17,12 +18,13 @@ from typing import Callable
 import gin
 import torch
 
-from precondlab import plots, provenance, registry, tracking, validation
+from precondlab import provenance, registry, testing, tracking, validation
 from precondlab.config import ConfigError, ParsedConfig
-from precondlab.errors import NonFiniteLossError, UserInputError, user_message
-from precondlab.gap import GapEstimator
+from precondlab.errors import ContractError, NonFiniteLossError, PluginError, UserInputError, user_message
+from precondlab.evaluation import plots
+from precondlab.evaluation.analytic import Evaluator
+from precondlab.evaluation.gap import GapEstimator
 from precondlab.interrupt import Interrupted, SignalGuard
-from precondlab.metrics import Evaluator
 from precondlab.preconditioners.base import Preconditioner
 from precondlab.progress import Bar, Phases
 from precondlab.training import checkpoint
@@ -148,8 +150,11 @@ def run(config: ParsedConfig, tracking_uri: str | None = None, experiment_name: 
     Ctrl-C marks it KILLED, after a checkpoint of the step that was running. Phases and progress
     go to ``stream`` (stderr) when ``progress``."""
     phases = Phases(stream=stream, enabled=progress)
-    with phases("setup", f"building {', '.join(config.files) or 'the config'} (teacher, preconditioner, objective)"):
+    with phases("setup", f"building {', '.join(config.files) or 'the config'} (teacher, preconditioner, objective)",
+                after=1.0):
         exp = build(config)
+        if not testing.needs_statistics(exp.preconditioner):
+            check_contract(exp.preconditioner)   # a broken plugin is refused before anything else
         client, uri, exp_id = tracking.connect(tracking_uri, experiment_name)
     bindings = provenance.stable_params(gin.config_str())
     resumed, logged = None, []
@@ -181,9 +186,15 @@ def run(config: ParsedConfig, tracking_uri: str | None = None, experiment_name: 
         elif stopped:
             log.tags({"precondlab.interrupted": type(exc).__name__})
         else:
+            plugin = registry.plugin_in_traceback(exc) if not isinstance(exc, UserInputError) else None
+            if plugin is not None:  # said with the plugin's name, not as a traceback from our code
+                exc = PluginError(f"{registry.describe_entry(plugin)} raised {type(exc).__name__}: "
+                                  f"{user_message(exc) or '(no message)'}")
             log.tag("error", f"{type(exc).__name__}: {user_message(exc)}"[:5000])
         log.end("KILLED" if stopped else "FAILED")
         log.cleanup()
+        if isinstance(exc, PluginError):
+            raise exc from None
         if isinstance(exc, NonFiniteLossError):
             raise NonFiniteLossError(f"{exc} (MLflow run {log.run_id} marked FAILED; last good checkpoint: "
                                      f"{ckpts.location() or 'none yet'})") from None
@@ -195,6 +206,37 @@ def run(config: ParsedConfig, tracking_uri: str | None = None, experiment_name: 
     result.checkpoint = ckpts.location() if out_dir is None else str(ckpts.last_path)
     log.cleanup()
     return result
+
+
+def check_contract(precond) -> None:
+    """The cheap conformance rules (boundary, finite, shapes, dtypes) on the chosen preconditioner:
+    a broken one is refused with its plugin's name and the rule, before it costs anything."""
+    results = testing.preconditioner_checks(precond, rules=testing.CHEAP)
+    failed = [r for r in results if r.passed is False]
+    if failed:
+        found = registry.entry_of(precond)
+        who = registry.describe_entry(found) if found else type(precond).__name__
+        raise ContractError(f"{who} breaks the preconditioner contract (docs/plugins.md): "
+                            + "; ".join(f"{r.rule}: {r.detail}" for r in failed))
+
+
+def component_tags(exp: "Experiment") -> dict:
+    """precondlab.component.<kind>: which entry, from which distribution and version (and git commit,
+    when installed from a checkout), provided each component of the run."""
+    parts = {"teacher": exp.teacher, "preconditioner": exp.preconditioner, "student": exp.student,
+             "objective": exp.objective, "loss": getattr(exp.objective, "distance", None),
+             "ode": getattr(exp.preconditioner, "ode", None), "schedule": getattr(exp.teacher, "schedule", None),
+             "sampler": getattr(exp.evaluator, "sampler", None), "dataset": getattr(exp.teacher, "dataset", None)}
+    tags = {}
+    for role, obj in parts.items():
+        found = registry.entry_of(obj) if obj is not None else None
+        if found is None:
+            continue
+        module = sys.modules.get(found.module)
+        git = provenance.git_state(str(Path(module.__file__).resolve().parent)) if getattr(module, "__file__", None) else {}
+        commit = f", git {git['commit'][:12]}{' dirty' if git['dirty'] else ''}" if git else ""
+        tags[f"precondlab.component.{role}"] = f"{found.kind}.{found.name} ({found.distribution} {found.version}{commit})"
+    return tags
 
 
 def _statistics_work(precond) -> str:
@@ -218,6 +260,7 @@ def _train(exp: Experiment, config: ParsedConfig, log, phases: Phases, report, b
     except validation.SettingError as exc:
         raise ConfigError(f"{', '.join(config.files) or 'config'}: {user_message(exc)}") from None
 
+    log.tags(component_tags(exp))
     if resumed is None:
         log.text(config.text, "config.gin")
         # The MLflow UI cannot preview .gin files: the run's description shows the config.
@@ -259,6 +302,7 @@ def _train(exp: Experiment, config: ParsedConfig, log, phases: Phases, report, b
     else:
         precond.restore_statistics(teacher, resumed.get("statistics"))
         stats_seconds = float(resumed.get("stats_seconds", 0.0))
+    check_contract(precond)              # again with its statistics (cheap: milliseconds)
     precond.tabulate(grid)
     if resumed is None:
         label = f"{log.run.info.run_name} | {run_label(precond, exp.seed)} | {type(teacher).__name__}"
@@ -273,7 +317,7 @@ def _train(exp: Experiment, config: ParsedConfig, log, phases: Phases, report, b
                 log.metrics({f"gap_t/{t}_to_{s}": row.gap_t, f"gap_s/{t}_to_{s}": row.gap_s}, step=0)
 
     if exp.init_from_teacher and hasattr(teacher, "net") and resumed is None:
-        from precondlab.nets.songunet import init_from_teacher
+        from precondlab.students.songunet import init_from_teacher
         copied, _ = init_from_teacher(student, teacher.net)
         source = teacher.net.state_dict()
         fraction = sum(source[k].numel() for k in copied) / max(1, sum(v.numel() for v in source.values()))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import sys
+import threading
 import time
 from typing import Iterable, Iterator
 
@@ -80,14 +81,24 @@ class Phases:
         self.seconds: dict[str, float] = {}
 
     @contextlib.contextmanager
-    def __call__(self, name: str, what: str = "") -> Iterator[None]:
-        if self.enabled:
-            print(f"[precondlab] {name}{': ' + what if what else ''}", file=self.stream, flush=True)
+    def __call__(self, name: str, what: str = "", after: float = 0.0) -> Iterator[None]:
+        """A phase; its line is printed when it starts, or only once it has lasted ``after`` seconds
+        (a phase that usually ends at once, or fails at once with its own message, stays quiet)."""
+        header = f"[precondlab] {name}{': ' + what if what else ''}"
+        timer = None
+        if self.enabled and after <= 0:
+            print(header, file=self.stream, flush=True)
+        elif self.enabled:
+            timer = threading.Timer(after, lambda: print(header, file=self.stream, flush=True))
+            timer.daemon = True
+            timer.start()
         start = time.perf_counter()
         token = _CURRENT.set(self)
         try:
             yield
         finally:
+            if timer is not None:
+                timer.cancel()
             _CURRENT.reset(token)
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 

@@ -44,7 +44,7 @@ def write_fashion_fixture(root: Path) -> tuple[Path, Path]:
     """(teacher .pt with its sidecar, data dir with idx files) for gin/fashion_*.gin."""
     from test_datasets import write_fmnist
 
-    from precondlab.teacher_training import save_teacher
+    from precondlab.training.teacher import save_teacher
     data = root / "fmnist"
     write_fmnist(data, n=16)
     kwargs = {**TINY_NET, "in_channels": 1, "out_channels": 1}

@@ -88,7 +88,8 @@ def test_fashion_students_have_the_fashion_teachers_architecture(name):
     run on this CPU-only machine by default."""
     import gin
 
-    from precondlab import config, experiment, teacher_training  # noqa: F401 (their configurables)
+    from precondlab import config, experiment  # noqa: F401 (their configurables)
+    from precondlab.training import teacher as teacher_training  # noqa: F401
     keys = ("model_channels", "channel_mult", "num_blocks", "attn_resolutions", "dropout")
     config.load([str(GIN / "teachers/fashion_teacher.gin")])
     teacher = {k: gin.get_bindings("teacher_net")[k] for k in keys}

@@ -2,6 +2,7 @@
 one JSON document with --json, cached statistics reused and said so, stable parameter names."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -9,28 +10,31 @@ import gin
 from mlflow.tracking import MlflowClient
 
 from conftest import GIN, REPO
-from precondlab import config, experiment, plots, provenance, registry  # noqa: F401 - experiment registers 'experiment'
+from precondlab import config, experiment, provenance, registry  # noqa: F401 - experiment registers 'experiment'
+from precondlab.evaluation import plots
 from tiny import TINY, TINY_ANALYTIC
 
 
-def cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "precondlab", *args], capture_output=True, text=True, cwd=cwd)
+def cli(*args, cwd, env=None):
+    return subprocess.run([sys.executable, "-m", "precondlab", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, **(env or {})})
 
 
 def test_two_runs_named_traced_timed_and_the_second_reuses_the_statistics(tmp_path):
     args = ["run", str(GIN / "toy_analytic.gin"), *[a for b in TINY + TINY_ANALYTIC for a in ("--gin_bindings", b)]]
-    first = cli(*args, "--json", cwd=tmp_path)
+    cache = {"PRECONDLAB_CACHE": str(tmp_path / "cache")}          # statistics never estimated before
+    first = cli(*args, "--json", cwd=tmp_path, env=cache)
     assert first.returncode == 0, first.stderr[-2000:]
     document = json.loads(first.stdout)                  # stdout is exactly one JSON document
     assert set(document) >= {"run_id", "final", "info", "checkpoint"}
     err = first.stderr
     assert "\r" not in err                               # not a terminal: plain lines, no carriage returns
-    for phase in ("setup", "evaluator", "statistics", "first evaluation", "artifacts"):
+    for phase in ("evaluator", "statistics", "first evaluation", "artifacts"):   # (setup: only if > 1 s)
         assert f"[precondlab] {phase}" in err, phase
     assert "summary (final evaluation" in err and "time/training" in err   # the table went to stderr
     assert "loaded from the cache" not in err
 
-    second = cli(*args, "--run-name", "my-second-run", cwd=tmp_path)
+    second = cli(*args, "--run-name", "my-second-run", cwd=tmp_path, env=cache)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "statistics loaded from the cache" in second.stderr and "summary (final" in second.stdout
 
@@ -78,7 +82,7 @@ def test_param_keys_do_not_depend_on_what_else_is_installed():
 def test_plots_say_which_run_preconditioner_and_step_they_show(gmm8):
     import torch
 
-    from precondlab.metrics import Evaluator
+    from precondlab.evaluation.analytic import Evaluator
     from precondlab.preconditioners.ctm import CTMPrecond
     from precondlab.students.mlp import MLPStudent
     ev = Evaluator(num_samples=32, reference_steps=16, num_jump_pairs=0).setup(gmm8)

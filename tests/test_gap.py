@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import GIN
-from precondlab.gap import GapEstimator, parse_pairs
+from precondlab.evaluation.gap import GapEstimator, parse_pairs
 from precondlab.odes.simple import GaussianODE
 from precondlab.preconditioners.analytic import AnalyticPrecond
 from precondlab.preconditioners.ctm import CTMPrecond
@@ -67,10 +67,11 @@ def test_gap_cli_json():
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
     names = {r["preconditioner"] for r in rows}
-    assert {"ctm", "analytic:forward", "analytic:backward", "variance"} <= names
-    assert "cm" not in names and "bcm" not in names          # raw-output preconditioners: no gap
+    assert {"ctm", "analytic:forward", "analytic:backward"} <= names
+    # raw-output preconditioners (and the example plugin's variance, whose F corrects f x_t): no gap
+    assert "cm" not in names and "bcm" not in names and "variance" not in names
     for r in rows:
-        assert set(r) == {"preconditioner", "t", "s", "f", "g", "gap_t", "gap_s"}
+        assert set(r) == {"preconditioner", "t", "s", "f", "g", "gap_t", "gap_s", "error"} and r["error"] == ""
     ctm = [r for r in rows if r["preconditioner"] == "ctm" and r["t"] == 10.0][0]
     assert ctm["f"] == pytest.approx(0.1) and ctm["g"] == pytest.approx(0.9)
 

@@ -9,7 +9,7 @@ from precondlab.preconditioners.analytic import AnalyticPrecond
 from precondlab.preconditioners.bcm import BCMPrecond
 from precondlab.preconditioners.cm import CMPrecond
 from precondlab.preconditioners.ctm import CTMPrecond
-from precondlab.schedule import EDMSchedule
+from precondlab.schedules import EDMSchedule
 from precondlab.teachers.gmm import GMMTeacher
 
 SD = 0.5

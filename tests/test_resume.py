@@ -45,8 +45,9 @@ def only_run(cwd: Path):
 
 def assert_same_as_uninterrupted(reference, resumed, client, run_id):
     """Final metrics ==, every evaluation ==, and MLflow histories without duplicate or missing steps."""
-    # wall-clock figures (summary/*, stats/*seconds) differ between any two runs; everything else is equal
-    timing = lambda d: {k: v for k, v in d.items() if not (k.startswith("summary/") or "seconds" in k)}  # noqa: E731
+    # wall-clock figures (summary/*, time/*, stats/*seconds) differ between any two runs; all else is equal
+    timing = lambda d: {k: v for k, v in d.items()  # noqa: E731
+                        if not (k.startswith(("summary/", "time/")) or "seconds" in k)}
     assert timing(resumed.final) == timing(reference.final)
     assert resumed.history == reference.history
     ref_client = MlflowClient(reference.tracking_uri)

@@ -3,7 +3,7 @@
 import torch
 
 from precondlab import registry
-from precondlab.sampling import nfe_grid, sample_deterministic, sample_gamma
+from precondlab.samplers import nfe_grid, sample_deterministic, sample_gamma
 from precondlab.teachers.gmm import GMMTeacher
 from precondlab.teachers.solvers import reference_flow
 
@@ -44,7 +44,7 @@ def test_samplers_are_registered_with_one_signature():
 def test_an_evaluator_samples_at_the_times_it_names():
     """evaluator.nfe_times replaces the default Karras times; the times are in the evaluator's info
     (logged as eval.times.nfe{k}) and traj_mse/nfe2 is the 2-step error through them."""
-    from precondlab.metrics import Evaluator
+    from precondlab.evaluation.analytic import Evaluator
     from precondlab.preconditioners.ctm import CTMPrecond
     from precondlab.students.mlp import MLPStudent
     teacher = GMMTeacher(dim=3, num_components=3, seed=1)

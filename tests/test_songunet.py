@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from precondlab import registry
-from precondlab.nets.songunet import SongUNet, SongUNetStudent, init_from_teacher
+from precondlab.nets.songunet import SongUNet
+from precondlab.students.songunet import SongUNetStudent, init_from_teacher
 
 TINY = dict(img_resolution=8, in_channels=3, model_channels=16, channel_mult=[1, 2],
             num_blocks=1, attn_resolutions=[4])

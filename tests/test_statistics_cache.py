@@ -9,7 +9,7 @@ import torch
 from precondlab.data.images import ImageDataset
 from precondlab.nets.songunet import SongUNet
 from precondlab.odes.analytic import AnalyticODE, teacher_fingerprint
-from precondlab.schedule import EDMSchedule
+from precondlab.schedules import EDMSchedule
 from precondlab.teachers.edm_pkl import EDMNetTeacher
 from precondlab.teachers.gmm import GMMTeacher
 

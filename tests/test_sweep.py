@@ -23,7 +23,8 @@ import gin
 import pytest
 from mlflow.tracking import MlflowClient
 
-from precondlab import config, sweep, tracking
+from precondlab import config, tracking
+from precondlab.tuning import runner as sweep
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -69,12 +70,12 @@ def test_values_render_as_gin():
 
 def test_definitions_load_without_importing_ray():
     # A fresh interpreter: Ray is imported only inside the functions that start or run trials.
-    code = ("import sys; import precondlab.sweep_spec as spec; "
+    code = ("import sys; import precondlab.tuning.spec as spec; "
             f"spec.load({str(REPO / 'sweeps' / 'toy_precond.toml')!r}); "
             "assert 'ray' not in sys.modules, 'sweep_spec'; "
-            "import precondlab.sweep, precondlab.sweep_trial; "
+            "import precondlab.tuning.runner, precondlab.tuning.trial; "
             "assert 'ray' not in sys.modules, 'sweep'; "
-            "assert precondlab.sweep.load is spec.load and precondlab.sweep.SweepError is spec.SweepError")
+            "assert precondlab.tuning.runner.load is spec.load and precondlab.tuning.runner.SweepError is spec.SweepError")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
 
@@ -144,7 +145,7 @@ def test_asha_sweep_logs_child_runs_stops_bad_arms_and_writes_best_gin(tmp_path)
     for row in result.rows:
         run = by_trial[row.trial_id]
         assert run.data.tags["mlflow.parentRunId"] == result.parent_run_id
-        assert run.data.tags["precondlab.sweep"] == "asha" and METRIC in run.data.metrics
+        assert run.data.tags["precondlab.tuning.runner"] == "asha" and METRIC in run.data.metrics
         assert float(run.data.params["experiment.lr"]) == row.bindings["experiment.lr"]
         steps = [m.step for m in client.get_metric_history(run.info.run_id, METRIC)]
         if row.status == "STOPPED":   # closed as KILLED, not left RUNNING, and said why

@@ -117,7 +117,7 @@ def test_missing_dataset_is_a_clear_error_and_writes_nothing(tmp_path):
 
 def _tiny_job(data: Path, **kw):
     from precondlab.data import FashionMNIST
-    from precondlab.teacher_training import TeacherTraining, teacher_net
+    from precondlab.training.teacher import TeacherTraining, teacher_net
     dataset = kw.pop("dataset", None) or FashionMNIST(data_dir=data, resolution=8, system_dir=None)
     return TeacherTraining(dataset=dataset, net=functools.partial(teacher_net, **TINY_NET), batch_size=4,
                            lr=2e-3, tracking=False, eval_batch=8, **kw)
@@ -137,7 +137,7 @@ class _NaNAfter:
 
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
     from precondlab.data import FashionMNIST
-    from precondlab.teacher_training import NonFiniteLossError
+    from precondlab.training.teacher import NonFiniteLossError
 
     data = write_fashion(tmp_path / "data")
     dataset = _NaNAfter(FashionMNIST(data_dir=data, resolution=8, system_dir=None), good=3)
@@ -158,7 +158,7 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
 
 
 def test_safetensors_output_and_preconditioning_match_the_teacher(tmp_path):
-    from precondlab.teacher_training import edm_denoise
+    from precondlab.training.teacher import edm_denoise
     from precondlab.teachers.state_dict import state_dict_teacher
 
     data = write_fashion(tmp_path / "data")
@@ -177,7 +177,7 @@ def test_safetensors_output_and_preconditioning_match_the_teacher(tmp_path):
 
 
 def test_weights_are_written_before_their_sidecar_which_is_checked_on_load(tmp_path, monkeypatch):
-    from precondlab.teacher_training import save_teacher, teacher_net
+    from precondlab.training.teacher import save_teacher, teacher_net
     from precondlab.teachers.edm_pkl import CheckpointError
     from precondlab.teachers.state_dict import state_dict_teacher
 

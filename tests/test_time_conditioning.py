@@ -14,7 +14,7 @@ import torch
 
 from conftest import GIN
 from precondlab import config, experiment
-from precondlab.metrics import Evaluator
+from precondlab.evaluation.analytic import Evaluator
 
 
 @pytest.mark.slow

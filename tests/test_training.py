@@ -110,7 +110,8 @@ def test_compile_option_traces_the_networks_and_changes_no_number(tracking_uri):
 
 
 def test_one_non_finite_loss_error_for_runs_and_teacher_training():
-    from precondlab import errors, teacher_training
+    from precondlab import errors
+    from precondlab.training import teacher as teacher_training
     assert experiment.NonFiniteLossError is teacher_training.NonFiniteLossError is errors.NonFiniteLossError
     assert issubclass(errors.NonFiniteLossError, FloatingPointError)
 
@@ -118,7 +119,7 @@ def test_one_non_finite_loss_error_for_runs_and_teacher_training():
 def test_the_evaluator_is_set_up_before_the_statistics(tracking_uri, monkeypatch):
     """A missing FID weights file or dataset fails before the (minutes long) Analytic statistics."""
     from precondlab.evaluation.features import FeatureExtractorError
-    from precondlab.metrics import Evaluator
+    from precondlab.evaluation.analytic import Evaluator
 
     calls = []
     analytic = registry.get("preconditioner", "analytic")
@@ -146,7 +147,7 @@ def test_image_evaluator_settings_are_logged_right_after_its_setup(tmp_path, tra
     """A run that fails after the evaluator's setup still has its eval.* params (FD mode, samples, label)."""
     from image_fixtures import tiny_image_bindings, write_fashion_fixture
 
-    from precondlab import plots
+    from precondlab.evaluation import plots
     from precondlab.evaluation.features import CLASSIFIER_LABEL
 
     ckpt, data = write_fashion_fixture(tmp_path)

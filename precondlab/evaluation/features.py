@@ -43,7 +43,7 @@ from precondlab.fileio import atomic_write
 
 # clean-fid is imported inside the functions that use it: cleanfid.features imports torchvision,
 # which imports torch._dynamo (seconds), and every CLI start imports this module via
-# precondlab.builtins. The two URLs below are clean-fid's own values, copied so that error messages
+# precondlab's entry points. The two URLs below are clean-fid's own values, copied so that error messages
 # need no clean-fid import; tests/test_fid.py checks them against clean-fid.
 INCEPTION_URL = ("https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/"
                  "inception-2015-12-05.pt")   # cleanfid.downloads_helper.inception_url

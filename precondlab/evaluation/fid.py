@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 # No module-level clean-fid import: cleanfid.fid and cleanfid.features import torchvision (seconds,
-# via torch._dynamo), and every CLI start imports this module through precondlab.builtins for the
+# via torch._dynamo), and every CLI start imports this module (an entry point of precondlab's) for the
 # gin configurable. The functions below import clean-fid where they use it.
 
 from precondlab.evaluation.features import (FeatureExtractor, FeatureExtractorError, OFFLINE_HINT,

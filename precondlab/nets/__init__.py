@@ -1,5 +1,5 @@
-"""Image networks: EDM's SongUNet (DDPM++/NCSN++) and its CTM student form."""
+"""Image network architectures: EDM's SongUNet (DDPM++/NCSN++), used by teachers and students."""
 
-from precondlab.nets.songunet import SongUNet, SongUNetStudent, init_from_teacher
+from precondlab.nets.songunet import SongUNet
 
-__all__ = ["SongUNet", "SongUNetStudent", "init_from_teacher"]
+__all__ = ["SongUNet"]

@@ -12,7 +12,7 @@ import contextlib
 
 import torch
 
-from precondlab.schedule import EDMSchedule, Schedule, _bcast
+from precondlab.schedules import EDMSchedule, Schedule, _bcast
 
 
 def edm_scalings(t: torch.Tensor, sigma_data: float):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from precondlab.schedule import EDMSchedule, Schedule
+from precondlab.schedules import EDMSchedule, Schedule
 
 
 class Teacher:

@@ -38,7 +38,7 @@ from precondlab.hashing import update_with_file, update_with_tensor
 from precondlab.nets.songunet import SongUNet
 from precondlab.preconditioners.base import edm_scalings
 from precondlab.registry import register
-from precondlab.schedule import EDMSchedule, Schedule, _bcast
+from precondlab.schedules import EDMSchedule, Schedule, _bcast
 from precondlab.teachers.base import Teacher
 
 EDM_URL = "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from precondlab.registry import register
-from precondlab.schedule import Schedule
+from precondlab.schedules import Schedule
 from precondlab.teachers.base import Teacher
 
 

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 
 from precondlab.registry import register
-from precondlab.schedule import Schedule
+from precondlab.schedules import Schedule
 from precondlab.teachers.base import Teacher
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from precondlab.schedule import _bcast
+from precondlab.schedules import _bcast
 
 
 def euler_step(teacher, x, t, s):

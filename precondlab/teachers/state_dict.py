@@ -21,7 +21,7 @@ import torch
 
 from precondlab.hashing import file_digest
 from precondlab.registry import register
-from precondlab.schedule import Schedule
+from precondlab.schedules import Schedule
 from precondlab import safe_load
 from precondlab.teachers.edm_pkl import CheckpointError, EDMNetTeacher, build_songunet
 

@@ -16,7 +16,7 @@ import torch
 
 from precondlab import registry, validation
 from precondlab.registry import register
-from precondlab.schedule import _bcast
+from precondlab.schedules import _bcast
 from precondlab.teachers.solvers import euler_step, heun_step
 from precondlab.training.losses import l2
 

@@ -3,7 +3,7 @@
 Parsing and validating ``sweeps/*.toml`` (``load``), the search space (``Param``, ``Sweep``),
 the gin text of a trial (``render``, ``binding_lines``, ``compose``) and the checks made before
 Ray starts (``prepare``, ``check``: every option's gin is parsed once). Ray is imported only
-inside ``Param.domain``, which the driver (``precondlab.sweep``) calls; importing this module
+inside ``Param.domain``, which the driver (``precondlab.tuning.runner``) calls; importing this module
 does not import Ray.
 
 A sweep definition is a small TOML file (see ``sweeps/README.md``)::

@@ -1,4 +1,4 @@
-"""One Tune trial of a sweep, run in a Ray worker process (``precondlab.sweep`` starts them).
+"""One Tune trial of a sweep, run in a Ray worker process (``precondlab.tuning.runner`` starts them).
 
 ``_trainable`` receives the trial's sampled config and the driver's payload (the ``Sweep``, the
 inlined base gin text, ``--gin_bindings``, the MLflow parent run), parses the trial's fully
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from precondlab.sweep_spec import Sweep, _resolve, _total_steps, binding_lines, compose
+from precondlab.tuning.spec import Sweep, _resolve, _total_steps, binding_lines, compose
 
 
 class TrialStopped(KeyboardInterrupt):
@@ -72,7 +72,7 @@ def _trainable(config: dict, payload: dict) -> None:
         gin.bind_parameter("experiment.name", f"{sweep.name}/{trial_id}")  # the child run's name in MLflow
     torch.set_num_threads(max(1, int(sweep.resources.get("cpu", 1) or 1)))
     node = ray.get_runtime_context().get_node_id()
-    tags = {"precondlab.sweep": sweep.name, "precondlab.trial": trial_id,
+    tags = {"precondlab.tuning.runner": sweep.name, "precondlab.trial": trial_id,
             "precondlab.ray_node": node, "precondlab.ray_address": payload["address"] or "local"}
 
     def report(step: int, metrics: dict) -> None:

@@ -21,7 +21,7 @@ import gin
 import torch
 
 from precondlab.registry import get
-from precondlab.sampling import check_nfe_times, describe_times, nfe_times, sample_student
+from precondlab.samplers import check_nfe_times, describe_times, nfe_times, sample_student
 from precondlab.teachers.solvers import reference_flow
 
 
@@ -119,7 +119,7 @@ class Evaluator:
     def log_artifacts(self, log, precond, net, device="cpu", title: str = "") -> None:
         """The sample scatter plot (data, exact flow, student at each NFE) and, on analytic
         teachers, the 2-step error against the intermediate time; ``title`` names run and step."""
-        from precondlab import plots
+        from precondlab.evaluation import plots
         log.figure(plots.samples(self, precond, net, device, title=title), "samples.png")
         if self.exact is not None:
             errors = self.two_step_errors(precond, net, intermediate_times(self.teacher.schedule, self.train_grid),

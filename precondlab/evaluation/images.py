@@ -15,7 +15,7 @@ import gin
 import torch
 
 from precondlab.registry import get
-from precondlab.sampling import check_nfe_times, describe_times, nfe_times, sample_student
+from precondlab.samplers import check_nfe_times, describe_times, nfe_times, sample_student
 from precondlab.teachers.solvers import solve
 
 

@@ -23,6 +23,7 @@ class GapRow:
     g: float
     gap_t: float
     gap_s: float
+    error: str = ""          # why this preconditioner has no numbers (a broken plugin), else ""
 
     def as_dict(self):
         return asdict(self)

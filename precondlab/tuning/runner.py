@@ -5,11 +5,11 @@ ASHA or FIFO scheduler, per-trial resources), opens the MLflow parent run (reope
 ``--resume``), collects one ``TrialRow`` per trial, closes child runs a stopped trial left open,
 and writes ``summary.txt`` and ``best.gin``. Ray is imported only inside functions.
 
-The pieces it uses (their public names are re-exported here: ``precondlab.sweep.load`` etc.):
+The pieces it uses (their public names are re-exported here: ``precondlab.tuning.runner.load`` etc.):
 
-* ``precondlab.sweep_spec``: the sweep definition (TOML parsing and validation, the search
+* ``precondlab.tuning.spec``: the sweep definition (TOML parsing and validation, the search
   space, the gin text, the checks made before Ray starts; ``load``, ``check``, ``compose``, ...);
-* ``precondlab.sweep_trial``: one trial in a Ray worker (``_trainable``, ``TrialStopped``).
+* ``precondlab.tuning.trial``: one trial in a Ray worker (``_trainable``, ``TrialStopped``).
 
 Each trial receives the fully inlined gin text (``compose``: the base files, the sweep's fixed
 ``bindings``, the command line's ``--gin_bindings``, the sampled bindings), parses it in its own
@@ -29,7 +29,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from precondlab.sweep_spec import (
+from precondlab.tuning.spec import (
     SPEC_KINDS,
     Param,
     Sweep,
@@ -42,7 +42,7 @@ from precondlab.sweep_spec import (
     prepare,
     render,
 )
-from precondlab.sweep_trial import TrialStopped, _trainable
+from precondlab.tuning.trial import TrialStopped, _trainable
 
 __all__ = ["DEFAULT_OUTPUT", "STATE_FILE", "SPEC_KINDS", "Param", "Sweep", "SweepError", "SweepResult", "TrialRow",
            "TrialStopped", "absolute_uri", "binding_lines", "check", "compose", "load", "main_args", "prepare",
@@ -221,7 +221,7 @@ def run(sweep_file: str | Path, *, address: str | None = None, num_samples: int 
         from precondlab import provenance
         parent = tracking.RunLogger(client, exp_id, run_name=run_name or sweep.name,
                                     tags={**provenance.source_tags("precondlab sweep"),
-                                          "precondlab.sweep": sweep.name, "precondlab.sweep_file": str(sweep.path),
+                                          "precondlab.tuning.runner": sweep.name, "precondlab.sweep_file": str(sweep.path),
                                           "precondlab.role": "sweep"})
         parent_id = parent.run_id
         parent.params({"sweep_file": str(sweep.path), "base": ",".join(map(str, base_files)),
