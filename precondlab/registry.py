@@ -213,20 +213,19 @@ def describe_entry(found: Entry) -> str:
 
 
 def plugin_in_traceback(exc: BaseException) -> Entry | None:
-    """The third-party entry whose code raised ``exc`` (the innermost frame in a plugin's package)."""
-    packages = {}
-    for entries in _ENTRIES.values():
-        for e in entries.values():
-            if e.third_party:
-                packages.setdefault(e.module.split(".")[0], e)
-                packages[e.module] = e
+    """The third-party entry whose code raised ``exc``: the innermost frame in a plugin's module,
+    matched to the entry whose class or function it runs (else any entry of that package)."""
+    plugins = [e for entries in _ENTRIES.values() for e in entries.values() if e.third_party]
     found = None
     tb = exc.__traceback__
     while tb is not None:
         module = tb.tb_frame.f_globals.get("__name__", "")
-        hit = packages.get(module) or packages.get(module.split(".")[0])
-        if hit is not None:
-            found = hit
+        qualname = getattr(tb.tb_frame.f_code, "co_qualname", tb.tb_frame.f_code.co_name)
+        same_package = [e for e in plugins if e.module.split(".")[0] == module.split(".")[0]]
+        if same_package:
+            exact = [e for e in same_package if e.module == module
+                     and qualname.split(".")[0] == getattr(e.obj, "__qualname__", "").split(".")[0]]
+            found = (exact or same_package)[0]
         tb = tb.tb_next
     return found
 

@@ -19,7 +19,7 @@ from tiny import TINY
 PLUGINS = {
     # distribution: {entry-point group: {name: value}}, module source
     "pl-good": ({"precondlab.preconditioners": {"halfstep": "pl_good:HalfStep"},
-                 "precondlab.losses": {"l1": "pl_good:l1"}}, '''
+                 "precondlab.losses": {"l1": "pl_good:l1", "explodes": "pl_good:Explodes"}}, '''
         import torch
         from precondlab import register
         from precondlab.preconditioners import Preconditioner
@@ -35,6 +35,16 @@ PLUGINS = {
         def l1(a, b):
             """Mean absolute error per example."""
             return (a - b).abs().reshape(a.shape[0], -1).mean(-1)
+
+        class Explodes:
+            """A distance whose code fails on its 5th call (a bug that shows only in training)."""
+            def __init__(self):
+                self.calls = 0
+            def __call__(self, a, b):
+                self.calls += 1
+                if self.calls == 5:
+                    raise RuntimeError("bucket overflow in my distance")
+                return (a - b).pow(2).reshape(a.shape[0], -1).mean(-1)
         '''),
     "pl-boundary": ({"precondlab.preconditioners": {"halfboundary": "pl_boundary:HalfBoundary"}}, '''
         import torch
@@ -170,10 +180,17 @@ def test_run_refuses_a_broken_plugin_before_any_work_and_uses_a_good_one(site, t
     out = run("experiment.preconditioner = @preconditioner.needsdeps()")
     assert out.returncode == 2 and "pl-importerror" in out.stderr and "failed to load" in out.stderr
 
+    late = run("objective.ctm.distance = @loss.explodes()")              # plugin code failing mid-training
+    assert late.returncode == 2 and "Traceback" not in late.stderr, late.stderr[-2000:]
+    (line,) = [x for x in late.stderr.splitlines() if x.startswith("precondlab: error:")]
+    assert "loss 'explodes' (plugin pl-good 1.2.3) raised RuntimeError: bucket overflow" in line, line
+
     ok = run("experiment.preconditioner = @preconditioner.halfstep()")
     assert ok.returncode == 0, ok.stderr[-2000:]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
-    (finished,) = client.search_runs([client.get_experiment_by_name("precondlab").experiment_id])
+    failed, finished = sorted(client.search_runs([client.get_experiment_by_name("precondlab").experiment_id]),
+                              key=lambda r: r.info.start_time)
+    assert failed.info.status == "FAILED" and "PluginError" in failed.data.tags["error"]
     tags = finished.data.tags
     assert tags["precondlab.component.preconditioner"].startswith("preconditioner.halfstep (pl-good 1.2.3")
     assert tags["precondlab.component.teacher"].startswith("teacher.gmm (precondlab ")
