@@ -176,6 +176,16 @@ def cmd_check(args) -> int:
     return 1 if broken_any else 0
 
 
+def cmd_report(args) -> int:
+    from precondlab import reporting
+    result = reporting.run(args.experiments, out=args.out, tracking_uri=args.tracking_uri, baseline=args.baseline,
+                           targets=args.target, resamples=args.resamples, log=not args.no_log)
+    print(f"report: {result['html']}\n        {result['markdown']} (figures beside it)")
+    if result["run_id"]:
+        print(f"logged as MLflow run {result['run_id']} (artifacts under report/)")
+    return 0
+
+
 def cmd_sync(args) -> int:
     from precondlab import tracking
     for folder in args.folders:
@@ -256,6 +266,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: 2, or one trial's "
                    "CPUs if more, at most the cpu count)")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="curves, speed-ups and intervals over seeds of the runs of MLflow "
+                                      "experiments, as HTML and Markdown")
+    p.add_argument("experiments", nargs="+", metavar="EXPERIMENT", help="MLflow experiment names")
+    p.add_argument("--out", help="folder for report.html, report.md and the figures (default: reports/<names>-<time>)")
+    p.add_argument("--baseline", default="ctm", help="the method speed-ups are measured against (default: ctm)")
+    p.add_argument("--target", action="append", default=[], metavar="METRIC=VALUE",
+                   help="an extra target level, e.g. traj_mse/nfe2=0.01 (repeatable)")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
+    p.add_argument("--no-log", action="store_true", help="do not log the report as an MLflow run")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("sync", help="send the logs a run kept in ./precondlab-unsynced/<run id>/ while its "
                                     "MLflow store was unreachable")

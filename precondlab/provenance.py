@@ -44,6 +44,17 @@ def distribution_version(name: str) -> str:
         return "unknown"
 
 
+def machine() -> str:
+    """'Linux-6.1-x86_64, 2 CPUs, torch 2.14.1, no GPU' (or the GPU's name)."""
+    import os
+    import platform
+
+    import torch
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.platform(terse=True)}, {os.cpu_count()} CPUs, Python {platform.python_version()}, " \
+           f"torch {torch.__version__}, {gpu}"
+
+
 def source_tags(entry_point: str) -> dict:
     """MLflow's standard source tags for a run started by ``entry_point`` (e.g. 'precondlab run')."""
     try:
@@ -51,7 +62,7 @@ def source_tags(entry_point: str) -> dict:
     except Exception:  # noqa: BLE001 - no user name in some containers
         user = "unknown"
     tags = {"mlflow.user": user, "mlflow.source.type": "LOCAL", "mlflow.source.name": entry_point,
-            "precondlab.version": distribution_version("precondlab")}
+            "precondlab.version": distribution_version("precondlab"), "precondlab.machine": machine()}
     git = git_state(str(Path(__file__).resolve().parent))
     if git:
         tags.update({"mlflow.source.git.commit": git["commit"], "mlflow.source.git.branch": git["branch"],
@@ -94,4 +105,4 @@ def stable_params(config_str: str) -> dict:
     return params
 
 
-__all__ = ["distribution_version", "full_selector", "git_state", "source_tags", "stable_params"]
+__all__ = ["distribution_version", "full_selector", "git_state", "machine", "source_tags", "stable_params"]
