@@ -70,6 +70,9 @@ def cmd_run(args) -> int:
         resume = f"; resume with: {_resume_hint(args, exc)}" if exc.checkpoint is not None else ""
         print(f"precondlab: {exc} (MLflow run {exc.run_id} marked KILLED, {saved}){resume}", file=sys.stderr)
         return exc.exit_code
+    from precondlab.training import distributed
+    if not distributed.current().main:
+        return 0                                  # rank 0 prints the summary of a multi-process run
     rows = [(k, f"{v:.4g}") for k, v in sorted(result.final.items())]
     rows += [(k[len("eval."):], str(v)) for k, v in sorted(result.info.items()) if k.startswith("eval.times.")]
     rows += [("mlflow run", result.run_id), ("checkpoint", result.checkpoint or "-")]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import signal
 import sys
 import time
 import warnings
@@ -27,7 +29,7 @@ from precondlab.evaluation.gap import GapEstimator
 from precondlab.interrupt import Interrupted, SignalGuard
 from precondlab.preconditioners.base import Preconditioner
 from precondlab.progress import Bar, Phases
-from precondlab.training import checkpoint
+from precondlab.training import checkpoint, distributed
 from precondlab.training import resume as resume_run
 from precondlab.training.loop import StepSettings, TrainState, check_ema, check_finite, train_step
 
@@ -149,27 +151,46 @@ def run(config: ParsedConfig, tracking_uri: str | None = None, experiment_name: 
     Every exception marks the MLflow run FAILED and is re-raised; a signal (``Interrupted``) or
     Ctrl-C marks it KILLED, after a checkpoint of the step that was running. Phases and progress
     go to ``stream`` (stderr) when ``progress``."""
-    phases = Phases(stream=stream, enabled=progress)
+    main = os.environ.get("RANK", "0") == "0"        # torchrun, srun and Ray Train set RANK
+    phases = Phases(stream=stream, enabled=progress and main)   # one rank speaks
     with phases("setup", f"building {', '.join(config.files) or 'the config'} (teacher, preconditioner, objective)",
                 after=1.0):
         exp = build(config)
+        d = distributed.setup(exp.device)
+        if exp.batch_size % d.world:
+            raise ConfigError(f"experiment.batch_size = {exp.batch_size} is the global batch: it must divide "
+                              f"by the {d.world} ranks")
         if not testing.needs_statistics(exp.preconditioner):
             check_contract(exp.preconditioner)   # a broken plugin is refused before anything else
-        client, uri, exp_id = tracking.connect(tracking_uri, experiment_name)
+        held = {}
+
+        def connect():
+            held["client"], uri, exp_id = tracking.connect(tracking_uri, experiment_name)
+            return uri, exp_id
+        uri, exp_id = d.on_main(connect)          # an unusable store stops every rank, not only rank 0
+        client = held.get("client")
     bindings = provenance.stable_params(gin.config_str())
     resumed, logged = None, []
     if resume:
-        previous = resume_run.find_run(client, exp_id, resume)
-        resumed, _, logged = resume_run.fetch_checkpoint(client, previous.info.run_id)
-        resume_run.check_config(resumed["bindings"], bindings, int(resumed["step"]), exp.steps,
-                                previous.info.run_id, previous.info.status == "FINISHED")
-        log = tracking.RunLogger(client, exp_id, resume_run_id=previous.info.run_id)
-        log.tags(resume_run.identity_tags())
-    else:
+        def fetch():
+            previous = resume_run.find_run(client, exp_id, resume)
+            state, _, names = resume_run.fetch_checkpoint(client, previous.info.run_id)
+            resume_run.check_config(state["bindings"], bindings, int(state["step"]), exp.steps,
+                                    previous.info.run_id, previous.info.status == "FINISHED")
+            return previous.info.run_id, state, names
+        run_id, resumed, logged = d.on_main(fetch)
+        if d.main:
+            log = tracking.RunLogger(client, exp_id, resume_run_id=run_id)
+            log.tags(resume_run.identity_tags())
+    elif d.main:
         name = run_name or exp.name or f"{run_label(exp.preconditioner, exp.seed)}-{time.strftime('%m%d-%H%M%S')}"
         log = tracking.RunLogger(client, exp_id, run_name=name, parent_run_id=parent_run_id,
                                  tags={**provenance.source_tags(entry_point), **(tags or {}),
                                        **resume_run.identity_tags()})
+    if not d.main:
+        log = tracking.NullLogger()
+    elif d.active:
+        log.tags({"precondlab.world_size": str(d.world), "precondlab.backend": d.backend})
     out = Path(out_dir or log.tmp)  # without out_dir, files live in MLflow only (a CIFAR checkpoint is ~1 GB)
     ckpts = checkpoint.Checkpointer(out / "checkpoints", log, exp.checkpoint_every, exp.checkpoint_minutes,
                                     exp.keep_checkpoints, logged)
@@ -239,6 +260,25 @@ def component_tags(exp: "Experiment") -> dict:
     return tags
 
 
+def _restore_streams(state, resumed: dict, d, seed: int, log) -> None:
+    """Every random stream of the checkpoint, when it was written by as many ranks as run now (an exact
+    resume); otherwise each rank's own streams are seeded afresh from (seed, rank, step): the same
+    weights, optimizer and step, other draws from here on."""
+    per_rank = resumed.get("rng_per_rank") or [resumed["rng"]]
+    if len(per_rank) == d.world:
+        checkpoint.restore_rng(per_rank[d.rank], state.generators())
+        return
+    step = int(resumed["step"])
+    state.noise_gen.manual_seed(distributed.stream_seed(seed + 7919 * step, d.rank))
+    state.data_gen.manual_seed(distributed.stream_seed(seed + 1 + 7919 * step, d.rank))
+    torch.manual_seed(distributed.stream_seed(seed + 2 + 7919 * step, d.rank))
+    message = (f"resumed on {d.world} rank(s) from a checkpoint of {len(per_rank)}: the same weights, optimizer "
+               f"and step (the global batch is the same), new random streams from step {step}")
+    log.tags({"precondlab.resumed_world_sizes": f"{len(per_rank)}->{d.world}"})
+    if d.main:
+        warnings.warn(message, stacklevel=3)
+
+
 def _statistics_work(precond) -> str:
     """What the statistics phase does, in words (its line when it starts)."""
     if type(precond).statistics is Preconditioner.statistics:
@@ -253,8 +293,10 @@ def _train(exp: Experiment, config: ParsedConfig, log, phases: Phases, report, b
            ckpts: checkpoint.Checkpointer, resumed: dict | None) -> RunResult:
     start = time.perf_counter()
     teacher, precond, objective = exp.teacher, exp.preconditioner, exp.objective
-    device = torch.device(exp.device)
-    torch.manual_seed(exp.seed)
+    d = distributed.current()
+    device = distributed.device_of(exp.device, d)
+    run_name = log.run.info.run_name if d.main else f"rank {d.rank}"
+    torch.manual_seed(exp.seed)        # every rank makes the same student (DDP checks it too)
     try:  # first: its settings are checked before anything costly (nothing before it draws from torch's RNG)
         student = exp.student(dim=teacher.dim)
     except validation.SettingError as exc:
@@ -288,7 +330,10 @@ def _train(exp: Experiment, config: ParsedConfig, log, phases: Phases, report, b
     t0 = time.perf_counter()
     if resumed is None:
         with phases("statistics", _statistics_work(precond)):
-            precond.fit(teacher)
+            # Rank 0 estimates, the others take its statistics: once per run, not once per rank.
+            saved = d.on_main(lambda: precond.fit(teacher).statistics())
+            if not d.main:
+                precond.restore_statistics(teacher, saved)
         stats_seconds = time.perf_counter() - t0
         coeffs = getattr(precond, "coeffs", None)
         info = coeffs.info if coeffs is not None else {}
@@ -304,8 +349,8 @@ def _train(exp: Experiment, config: ParsedConfig, log, phases: Phases, report, b
         stats_seconds = float(resumed.get("stats_seconds", 0.0))
     check_contract(precond)              # again with its statistics (cheap: milliseconds)
     precond.tabulate(grid)
-    if resumed is None:
-        label = f"{log.run.info.run_name} | {run_label(precond, exp.seed)} | {type(teacher).__name__}"
+    if resumed is None and d.main:
+        label = f"{run_name} | {run_label(precond, exp.seed)} | {type(teacher).__name__}"
         log.figure(plots.coefficients(precond, grid, title=label), "coefficients.png")
         coeffs = getattr(precond, "coeffs", None)
         if coeffs is not None:
@@ -337,39 +382,49 @@ def _train(exp: Experiment, config: ParsedConfig, log, phases: Phases, report, b
         if resumed is None:
             log.params({"compiled_modules": compiled})
     optimizer = torch.optim.Adam(student.parameters(), lr=exp.lr)
-    state = TrainState(student, target, optimizer, noise_gen=torch.Generator(device=device).manual_seed(exp.seed),
-                       data_gen=torch.Generator().manual_seed(exp.seed + 1))
+    # Each rank draws its own data and noise; rank 0's streams are a single process's.
+    state = TrainState(student, target, optimizer,
+                       noise_gen=torch.Generator(device=device).manual_seed(distributed.stream_seed(exp.seed, d.rank)),
+                       data_gen=torch.Generator().manual_seed(distributed.stream_seed(exp.seed + 1, d.rank)))
     if resumed is None:
         log.params({"student_parameters": sum(p.numel() for p in student.parameters())})
     else:
         state.load_state_dict(resumed)
-        checkpoint.restore_rng(resumed["rng"], state.generators())
+        _restore_streams(state, resumed, d, exp.seed, log)
         if hasattr(exp.evaluator, "load_state_dict"):
             exp.evaluator.load_state_dict(resumed.get("evaluator") or {})
-    settings = StepSettings(teacher, precond, objective, exp.batch_size, device, use_bf16, exp.grad_clip,
-                            exp.ema_decay)
+    model = student
+    if d.active:  # gradients averaged over the ranks; the EMA target is updated alike on each
+        from torch.nn.parallel import DistributedDataParallel
+        model = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+    settings = StepSettings(teacher, precond, objective, exp.batch_size // d.world, device, use_bf16,
+                            exp.grad_clip, exp.ema_decay, model=model)
     elapsed_before = float(resumed.get("elapsed", 0.0)) if resumed else 0.0
 
     def evaluate(step):
         check_ema(state)
-        metrics = exp.evaluator(precond, target, device=device)
+        metrics = exp.evaluator(precond, target, device=device)    # sharded over the ranks, gathered
         state.history.append((step, metrics))
         log.metrics(metrics, step)
-        if report is not None:
+        if report is not None and d.main:
             report(step, metrics)
 
     def save_checkpoint():
         check_finite(state)
         check_ema(state)
+        distributed.check_identical(d, student, target)
+        streams = d.gather(checkpoint.capture_rng(state.generators()))   # every rank's, for an exact resume
+        if not d.main:
+            return
         evaluator_state = exp.evaluator.state_dict() if hasattr(exp.evaluator, "state_dict") else {}
-        ckpts.save({**state.state_dict(), "rng": checkpoint.capture_rng(state.generators()),
+        ckpts.save({**state.state_dict(), "rng": streams[0], "rng_per_rank": streams, "world_size": d.world,
                     "statistics": precond.statistics(), "bindings": bindings, "evaluator": evaluator_state,
                     "stats_seconds": stats_seconds, "elapsed": elapsed_before + time.perf_counter() - start})
 
     if resumed is None:
         with phases("first evaluation"):
             evaluate(0)
-    bar = Bar(exp.steps, log.run.info.run_name, "step", initial=state.step, stream=phases.stream,
+    bar = Bar(exp.steps, run_name, "step", initial=state.step, stream=phases.stream,
               enabled=phases.enabled)
     train_start, steps_before = time.perf_counter(), state.step
     guard.deferring = True  # a signal now ends the step, then the run (with a checkpoint)
@@ -384,9 +439,14 @@ def _train(exp: Experiment, config: ParsedConfig, log, phases: Phases, report, b
             if step % exp.eval_every == 0 or step == exp.steps:
                 check_finite(state)
                 evaluate(step)
-            if ckpts.due(step) or step == exp.steps:
+            # Wall-clock checkpoints and signals: ranks agree on them every 10 steps (one tiny
+            # all-reduce; a single process looks every step), so that all act at the same step.
+            by_time, stop = (d.any(ckpts.due_by_time(), guard.requested is not None)
+                             if not d.active or step % 10 == 0 or step == exp.steps else (False, False))
+            if ckpts.due_by_step(step) or by_time or step == exp.steps:
                 save_checkpoint()
-            guard.check(step)
+            if stop:
+                raise Interrupted(guard.requested or signal.SIGTERM, step)
     except Interrupted as exc:
         if exc.step is not None and ckpts.last_step != state.step:  # the step ended cleanly: keep it
             save_checkpoint()
@@ -400,7 +460,8 @@ def _train(exp: Experiment, config: ParsedConfig, log, phases: Phases, report, b
 
     with phases("artifacts", "operative config, plots, samples"):
         log.text(gin.operative_config_str(), "operative_config.gin")
-        exp.evaluator.log_artifacts(log, precond, target, device, title=f"{log.run.info.run_name} | "
+        # every rank: the samples are sharded (on ranks other than 0 the logger keeps nothing)
+        exp.evaluator.log_artifacts(log, precond, target, device, title=f"{run_name} | "
                                     f"{run_label(precond, exp.seed)} | EMA student at step {state.step}")
     final = dict(state.history[-1][1])
     seconds = elapsed_before + time.perf_counter() - start + phases.seconds.get("setup", 0.0)

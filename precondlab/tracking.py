@@ -386,3 +386,19 @@ def sync(folder: str | Path, tracking_uri: str | None = None) -> int:
                             f"({total - len(record['operations'])} of {total} operations sent; run it again)") from None
     shutil.rmtree(folder)
     return total
+
+
+class NullLogger:
+    """The logger of a rank other than 0 in a multi-process run: rank 0 alone talks to MLflow."""
+
+    run_id = None
+    pending: list = []
+
+    def __init__(self, tmp: Path | None = None):
+        self.tmp = Path(tmp or tempfile.mkdtemp(prefix="precondlab-rank-"))
+
+    def __getattr__(self, name):       # params, metrics, tags, text, artifact, figure, end, ...: nothing
+        return lambda *args, **kwargs: None
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)

@@ -61,11 +61,16 @@ def describe_times(ts: Sequence[float]) -> str:
 def sample_student(sampler, precond, net, z, schedule, ts: Sequence[float], *, seed: int, device="cpu",
                    dtype=torch.float32, batch_size: int | None = None) -> torch.Tensor:
     """k-step samples (k = len(ts) - 1) of the student G = precond.jump(net, ...) from x = sigma_max z
-    along the times ts, with a generator seeded by seed + k (shared by every evaluator); on the CPU."""
+    along the times ts, with a generator seeded by seed + k (shared by every evaluator); on the CPU.
+    In a multi-process run each rank samples its share of z, and every rank gets all the samples."""
+    from precondlab.training import distributed
+    d = distributed.current()
     ts = [float(t) for t in ts]
     jump = lambda x, t, s: precond.jump(net, x, t, s)  # noqa: E731
-    gen = torch.Generator(device=device).manual_seed(seed + len(ts) - 1)
-    chunks = z.split(batch_size) if batch_size else (z,)
+    gen = torch.Generator(device=device).manual_seed(seed + len(ts) - 1 + 7919 * d.rank)
+    mine = d.rows(z)
+    chunks = mine.split(batch_size) if batch_size else (mine,)
     with torch.no_grad():
-        return torch.cat([sampler(jump, (schedule.sigma_max * zb).to(device=device, dtype=dtype), ts,
-                                  generator=gen).cpu() for zb in chunks])
+        out = torch.cat([sampler(jump, (schedule.sigma_max * zb).to(device=device, dtype=dtype), ts,
+                                 generator=gen).cpu() for zb in chunks])
+    return d.gather_rows(out, len(z))

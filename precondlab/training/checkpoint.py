@@ -138,7 +138,13 @@ class Checkpointer:
         self._last_time = time.monotonic()
 
     def due(self, step: int) -> bool:
-        return step % self.every == 0 or (self.seconds > 0 and time.monotonic() - self._last_time >= self.seconds)
+        return self.due_by_step(step) or self.due_by_time()
+
+    def due_by_step(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def due_by_time(self) -> bool:
+        return self.seconds > 0 and time.monotonic() - self._last_time >= self.seconds
 
     def save(self, state: dict) -> Path:
         path, side = save(self.folder, state)

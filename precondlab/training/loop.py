@@ -63,6 +63,7 @@ class StepSettings:
     grad_clip: float = 1.0             # max gradient norm; 0: no clipping
     ema_decay: float = 0.999
     defer_checks: bool | None = None   # flag non-finite steps on the device (default: on CUDA)
+    model: torch.nn.Module | None = None   # what the loss calls: the student, or its DDP wrapper
 
     def __post_init__(self):
         if self.defer_checks is None:
@@ -79,7 +80,7 @@ def train_step(state: TrainState, s: StepSettings) -> tuple[torch.Tensor, dict]:
     """One optimiser step; returns the detached loss and the objective's logs."""
     x0 = _to_device(s.teacher.sample_x0(s.batch_size, state.data_gen).to(torch.float32), s.device)
     with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.use_bf16):
-        loss, logs = s.objective(state.student, state.target, s.precond, s.teacher, x0, state.noise_gen)
+        loss, logs = s.objective(s.model or state.student, state.target, s.precond, s.teacher, x0, state.noise_gen)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for p in state.student.parameters() if p.grad is not None]

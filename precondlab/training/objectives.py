@@ -101,17 +101,24 @@ class Objective:
         weight = (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2
         return (weight * l2(denoised, x0)).mean()
 
-    def combine(self, student, precond, main, x0, generator, logs):
-        """main + DSM, the DSM weight adapted as in CTM when asked."""
+    def combine(self, student, precond, main, x0, generator, logs, dsm_draw: DSMDraw | None = None):
+        """main + DSM, the DSM weight adapted as in CTM when asked (``dsm_draw``: given draws instead
+        of the generator's, e.g. one process's share of a batch)."""
         if not (self.dsm_weight > 0 and precond.denoiser_form):
             return main
-        dsm = self.dsm_loss(student, precond, x0, self.sample_dsm(x0, precond.schedule, generator))
+        dsm = self.dsm_loss(student, precond, x0, dsm_draw or self.sample_dsm(x0, precond.schedule, generator))
         weight = torch.as_tensor(self.dsm_weight, dtype=main.dtype)
-        last = getattr(student, "last_layer", None)
+        last = getattr(getattr(student, "module", student), "last_layer", None)   # through a DDP wrapper
         if self.dsm_adaptive and last is not None and main.requires_grad:
-            g_main = torch.autograd.grad(main, last(), retain_graph=True)[0].norm()
-            g_dsm = torch.autograd.grad(dsm, last(), retain_graph=True)[0].norm()
-            weight = weight * (g_main / (g_dsm + 1e-8)).detach()
+            g_main = torch.autograd.grad(main, last(), retain_graph=True)[0]
+            g_dsm = torch.autograd.grad(dsm, last(), retain_graph=True)[0]
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                # the gradients of the global batch's losses (what one process with the whole batch
+                # would see), so that the weight does not depend on how the batch is split
+                both = torch.stack([g_main, g_dsm])
+                torch.distributed.all_reduce(both)
+                g_main, g_dsm = both / torch.distributed.get_world_size()
+            weight = weight * (g_main.norm() / (g_dsm.norm() + 1e-8)).detach()
         logs["loss_dsm"] = dsm.detach()
         logs["dsm_weight"] = weight.detach()
         return main + weight * dsm
