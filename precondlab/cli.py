@@ -60,6 +60,8 @@ def cmd_run(args) -> int:
     from precondlab import experiment
     from precondlab.interrupt import Interrupted
     cfg = _load(args)
+    if args.workers:
+        return _run_on_ray(args, cfg)
     try:
         result = experiment.run(cfg, tracking_uri=args.tracking_uri, experiment_name=args.experiment,
                                 progress=not args.no_progress, resume=args.resume, run_name=args.run_name,
@@ -83,6 +85,24 @@ def cmd_run(args) -> int:
     if args.json:
         print(json.dumps({"run_id": result.run_id, "final": result.final, "info": result.info,
                           "checkpoint": result.checkpoint}))
+    return 0
+
+
+def _run_on_ray(args, cfg) -> int:
+    """precondlab run --workers N: the same run on N Ray Train workers (DDP), local or on a cluster."""
+    from precondlab.tuning import train
+    final = train.run(cfg, args.workers, address=args.address, gpus_per_worker=args.gpus_per_worker,
+                      cpus_per_worker=args.cpus_per_worker, tracking_uri=args.tracking_uri,
+                      experiment_name=args.experiment, run_name=args.run_name, resume=args.resume)
+    metrics = {k: v for k, v in final.items() if isinstance(v, float) and k not in ("step", "total_steps")}
+    rows = [(k, f"{v:.4g}") for k, v in sorted(metrics.items())]
+    rows += [("workers", str(args.workers)), ("mlflow run", final.get("mlflow_run_id", "-")),
+             ("checkpoint", final.get("checkpoint") or "-")]
+    table = sys.stderr if args.json else sys.stdout
+    print(f"\nsummary (final evaluation of the EMA student on {args.workers} Ray workers):", file=table)
+    print(_table(rows), file=table)
+    if args.json:
+        print(json.dumps({"run_id": final.get("mlflow_run_id"), "final": metrics, "checkpoint": final.get("checkpoint")}))
     return 0
 
 
@@ -222,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the final metrics as one JSON document on stdout "
                                                        "(the summary table then goes to stderr)")
     p.add_argument("--run-name", help="the MLflow run's name (default: <preconditioner>-<form>-seed<N>-<time>)")
+    p.add_argument("--workers", type=int, help="run on this many Ray Train workers (DDP; the batch is the global "
+                                               "batch); without it: this process (or torchrun's)")
+    p.add_argument("--address", help="with --workers: an existing Ray cluster HOST:PORT (default: a local Ray)")
+    p.add_argument("--gpus-per-worker", type=float, default=0, help="with --workers: GPUs per worker (default 0)")
+    p.add_argument("--cpus-per-worker", type=float, default=1, help="with --workers: CPUs per worker (default 1)")
     p.add_argument("--resume", metavar="RUN_ID", help="continue this MLflow run from its last checkpoint "
                                                       "('latest': the newest unfinished run of the experiment)")
     p.set_defaults(func=cmd_run)

@@ -406,7 +406,7 @@ def _train(exp: Experiment, config: ParsedConfig, log, phases: Phases, report, b
         metrics = exp.evaluator(precond, target, device=device)    # sharded over the ranks, gathered
         state.history.append((step, metrics))
         log.metrics(metrics, step)
-        if report is not None and d.main:
+        if report is not None:      # every rank (Ray Train's report is called by all workers)
             report(step, metrics)
 
     def save_checkpoint():

@@ -131,7 +131,8 @@ def device_of(device: str, d: Dist) -> torch.device:
     """'cuda' on a multi-process run is this rank's GPU (cuda:LOCAL_RANK)."""
     dev = torch.device(device)
     if dev.type == "cuda" and d.active and dev.index is None:
-        return torch.device("cuda", d.local_rank)
+        # torchrun: all GPUs visible, one per local rank; Ray Train: each worker sees its own only
+        return torch.device("cuda", d.local_rank % max(1, torch.cuda.device_count()))
     return dev
 
 

@@ -42,6 +42,7 @@ from precondlab.tuning.spec import (
     prepare,
     render,
 )
+from precondlab.tuning import cluster
 from precondlab.tuning.trial import TrialStopped, _trainable
 
 __all__ = ["DEFAULT_OUTPUT", "STATE_FILE", "SPEC_KINDS", "Param", "Sweep", "SweepError", "SweepResult", "TrialRow",
@@ -221,7 +222,7 @@ def run(sweep_file: str | Path, *, address: str | None = None, num_samples: int 
         from precondlab import provenance
         parent = tracking.RunLogger(client, exp_id, run_name=run_name or sweep.name,
                                     tags={**provenance.source_tags("precondlab sweep"),
-                                          "precondlab.tuning.runner": sweep.name, "precondlab.sweep_file": str(sweep.path),
+                                          "precondlab.sweep": sweep.name, "precondlab.sweep_file": str(sweep.path),
                                           "precondlab.role": "sweep"})
         parent_id = parent.run_id
         parent.params({"sweep_file": str(sweep.path), "base": ",".join(map(str, base_files)),
@@ -265,21 +266,15 @@ def _tune(sweep: Sweep, payload: dict, storage: Path, address, num_cpus, resume:
     from ray import tune
     parent_id = payload["parent_run_id"]
     exp_path = storage / sweep.name
-    we_started = False
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
-        else:
-            # Bounded: min(2, cpu count), raised to one trial's CPUs if that is more (up to the count).
-            cpus = num_cpus or min(os.cpu_count() or 1, max(2, math.ceil(sweep.resources["cpu"])))
-            # "local": always a fresh instance; with no address Ray would join whatever cluster
-            # /tmp/ray/ray_current_cluster or $RAY_ADDRESS names, even a stale or foreign one.
-            ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-                     logging_level="WARNING")
-        we_started = True
+    # Bounded: min(2, cpu count), raised to one trial's CPUs if that is more (up to the count).
+    cpus = num_cpus or min(os.cpu_count() or 1, max(2, math.ceil(sweep.resources["cpu"])))
+    if sweep.resources["workers"] > 1:   # a trial's workers all at once, beside the trial itself
+        cpus = max(cpus, math.ceil(sweep.resources["cpu"] * sweep.resources["workers"]) + 1)
+    we_started = cluster.join(address, cpus)
     try:
         total = ray.cluster_resources()
-        need = {"CPU": sweep.resources["cpu"], "GPU": sweep.resources["gpu"]}
+        need = {"CPU": sweep.resources["cpu"] * sweep.resources["workers"],
+                "GPU": sweep.resources["gpu"] * sweep.resources["workers"]}
         if any(v > total.get(k, 0) for k, v in need.items()):
             raise SweepError(f"{sweep.path}: [resources] asks {need['CPU']:g} CPU and {need['GPU']:g} GPU per trial; "
                              f"the Ray {'cluster at ' + address if address else 'started here'} has "
@@ -288,8 +283,18 @@ def _tune(sweep: Sweep, payload: dict, storage: Path, address, num_cpus, resume:
         cluster_nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
         client.set_tag(parent_id, "precondlab.ray_address", address or "local")
         client.set_tag(parent_id, "precondlab.ray_nodes", ",".join(cluster_nodes))
-        trainable = tune.with_resources(tune.with_parameters(_trainable, payload=payload),
-                                        {"cpu": sweep.resources["cpu"], "gpu": sweep.resources["gpu"]})
+        workers = sweep.resources["workers"]
+        if workers > 1:
+            # The trial itself only launches a Ray Train run, whose workers ask for the resources:
+            # at most as many trials at a time as the cluster can give all their workers at once.
+            fit = int(min((total.get("CPU", 0) - 0.01) / max(sweep.resources["cpu"], 1e-9),
+                          total.get("GPU", 0) / sweep.resources["gpu"] if sweep.resources["gpu"] else float("inf"))
+                      // workers)
+            sweep.max_concurrent = max(1, min(sweep.max_concurrent or fit, fit))
+            trial_resources = {"cpu": 0.01}   # (Tune wants some resource per trial)
+        else:
+            trial_resources = {"cpu": sweep.resources["cpu"], "gpu": sweep.resources["gpu"]}
+        trainable = tune.with_resources(tune.with_parameters(_trainable, payload=payload), trial_resources)
         if resume:
             with _quiet("ray.tune.analysis.experiment_analysis"):  # warns for every trial without results
                 tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True, resume_errored=False)

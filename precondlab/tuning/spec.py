@@ -25,9 +25,10 @@ A sweep definition is a small TOML file (see ``sweeps/README.md``)::
     grace_period = 100
     reduction_factor = 2
 
-    [resources]                           # per trial
+    [resources]                           # per trial (per worker with workers > 1)
     cpu = 1
     gpu = 0
+    workers = 1                           # > 1: each trial runs on that many Ray Train workers (DDP)
 
     [failure]                             # a trial that crashes is started again (from its
     max_retries = 2                       # last checkpoint) up to this many times; default 2
@@ -68,7 +69,7 @@ _TOP_KEYS = {"name", "description", "base", "bindings", "experiment", "num_sampl
 _METRIC_KEYS = {"name", "mode"}
 _SCHED_KEYS = {"asha": {"type", "time_attr", "max_t", "grace_period", "reduction_factor"},
                "fifo": {"type"}}
-_RESOURCE_KEYS = {"cpu", "gpu"}
+_RESOURCE_KEYS = {"cpu", "gpu", "workers"}
 _FAILURE_KEYS = {"max_retries"}
 _NAME = re.compile(r"^[A-Za-z_][\w./]*$")          # a gin binding name, a scoped name or a macro
 
@@ -129,7 +130,7 @@ class Sweep:
     metric: str = "traj_mse/nfe2"
     mode: str = "min"
     scheduler: dict = field(default_factory=lambda: {"type": "asha"})
-    resources: dict = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
+    resources: dict = field(default_factory=lambda: {"cpu": 1, "gpu": 0, "workers": 1})
     max_retries: int = 2          # [failure] a crashed trial is started again from its last checkpoint
     space: list[Param] = field(default_factory=list)
 
@@ -326,11 +327,13 @@ def load(path: str | Path) -> Sweep:
     if not isinstance(res, dict):
         raise SweepError(f"{path}: [resources] must be a table with cpu and gpu")
     _check_keys("[resources]", res, _RESOURCE_KEYS, path)
-    for k in _RESOURCE_KEYS:
+    for k in ("cpu", "gpu"):
         v = res.get(k, 1 if k == "cpu" else 0)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise SweepError(f"{path}: [resources] {k!r} must be a number >= 0, got {v!r}")
         sweep.resources[k] = v
+    # workers > 1: each trial is one run on that many Ray Train workers (cpu and gpu are per worker)
+    sweep.resources["workers"] = _int(path, "[resources] 'workers'", res.get("workers", 1), 1)
 
     failure = data.get("failure", {})
     if not isinstance(failure, dict):

@@ -46,6 +46,24 @@ def _previous_attempt(payload: dict, sweep: Sweep, trial_id: str) -> str | None:
     return run.info.run_id if "precondlab.checkpoint_step" in run.data.tags else None
 
 
+def _run_on_workers(sweep: Sweep, payload: dict, trial_id: str, text: str, parsed, tags: dict, resume) -> None:
+    """A trial of several Ray Train workers: a TorchTrainer launched from the trial, every evaluation
+    passed on to Tune by Ray Train's TuneReportCallback (rank 0's metrics), so ASHA still sees them."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from precondlab.tuning import train
+    name = _resolve("experiment.name") or f"{sweep.name}/{trial_id}"
+    cfg = {"text": text + f"\nexperiment.name = {name!r}\n", "origin": f"{sweep.path} (trial {trial_id})",
+           "files": list(parsed.files), "bindings": list(parsed.bindings), "cwd": payload["cwd"],
+           "tracking_uri": payload["tracking_uri"], "experiment": sweep.experiment,
+           "parent_run_id": payload["parent_run_id"], "tags": {**tags, "precondlab.ray_workers": str(sweep.resources["workers"])},
+           "resume": resume, "report_each": True, "entry_point": "precondlab sweep (trial)"}
+    result = train.trainer(cfg, sweep.resources["workers"], sweep.resources["cpu"], sweep.resources["gpu"],
+                           name=f"{sweep.name}-{trial_id}", callbacks=[TuneReportCallback()]).fit()
+    if result.error is not None:
+        raise result.error
+
+
 def _trainable(config: dict, payload: dict) -> None:
     """One Tune trial: parse its gin text in this process, run the experiment, report every evaluation."""
     import ray
@@ -72,7 +90,7 @@ def _trainable(config: dict, payload: dict) -> None:
         gin.bind_parameter("experiment.name", f"{sweep.name}/{trial_id}")  # the child run's name in MLflow
     torch.set_num_threads(max(1, int(sweep.resources.get("cpu", 1) or 1)))
     node = ray.get_runtime_context().get_node_id()
-    tags = {"precondlab.tuning.runner": sweep.name, "precondlab.trial": trial_id,
+    tags = {"precondlab.sweep": sweep.name, "precondlab.trial": trial_id,
             "precondlab.ray_node": node, "precondlab.ray_address": payload["address"] or "local"}
 
     def report(step: int, metrics: dict) -> None:
@@ -84,6 +102,9 @@ def _trainable(config: dict, payload: dict) -> None:
             raise TrialStopped(f"stopped by Tune at step {step}") from None
 
     resume = _previous_attempt(payload, sweep, trial_id)
+    if sweep.resources.get("workers", 1) > 1:
+        _run_on_workers(sweep, payload, trial_id, text, parsed, tags, resume)
+        return
     try:
         result = experiment.run(parsed, tracking_uri=payload["tracking_uri"], experiment_name=sweep.experiment,
                                 progress=False, report=report, parent_run_id=payload["parent_run_id"], tags=tags,
