@@ -227,10 +227,8 @@ def cmd_train_teacher(args) -> int:
     return teacher_training.main_args(args)
 
 
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    warnings.filterwarnings("ignore", message=".*torch.jit.script.*")  # raised by a dependency's import
-    warnings.formatwarning = lambda message, category, *rest, **kw: f"precondlab: warning: {message}\n"
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and flag (main parses with it; the README test checks its commands against it)."""
     parser = argparse.ArgumentParser(prog="precondlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -324,8 +322,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
     p.add_argument("--json", action="store_true", help="also print the summary and losses as JSON")
     p.set_defaults(func=cmd_train_teacher)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*")  # raised by a dependency's import
+    warnings.formatwarning = lambda message, category, *rest, **kw: f"precondlab: warning: {message}\n"
+    args = build_parser().parse_args(argv)
     from precondlab.errors import UserInputError, user_message
     from precondlab.registry import UnknownEntryError
     from precondlab.tracking import TrackingError

@@ -45,9 +45,10 @@ def only_run(cwd: Path):
 
 def assert_same_as_uninterrupted(reference, resumed, client, run_id):
     """Final metrics ==, every evaluation ==, and MLflow histories without duplicate or missing steps."""
-    # wall-clock figures (summary/*, time/*, stats/*seconds) differ between any two runs; all else is equal
+    # wall-clock figures (summary/*, time/*, stats/*seconds) differ between any two runs, and whether the
+    # statistics came from the cache depends on which run estimated them first; all else is equal
     timing = lambda d: {k: v for k, v in d.items()  # noqa: E731
-                        if not (k.startswith(("summary/", "time/")) or "seconds" in k)}
+                        if not (k.startswith(("summary/", "time/")) or "seconds" in k or k == "stats/cached")}
     assert timing(resumed.final) == timing(reference.final)
     assert resumed.history == reference.history
     ref_client = MlflowClient(reference.tracking_uri)
@@ -78,6 +79,7 @@ def test_toy_run_killed_with_sigkill_resumes_bit_identically(tmp_path):
                              progress=False, resume="latest")
     assert resumed.run_id == run.info.run_id
     assert_same_as_uninterrupted(reference, resumed, client, run.info.run_id)
+    assert run.data.metrics["stats/cached"] == 1.0      # the reference's statistics, found by their cache key
     run = client.get_run(run.info.run_id)
     assert run.info.status == "FINISHED" and int(run.data.tags["precondlab.resumed_from_step"]) >= killed_at
     kept = sorted(f.path for f in client.list_artifacts(run.info.run_id, "checkpoints"))

@@ -32,7 +32,7 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: torch.Tens
     return float(((pa - pb) ** 2).mean().sqrt())
 
 
-def intermediate_times(schedule, train_grid: torch.Tensor | None, per_interval: int = 3) -> list[float]:
+def intermediate_times(schedule, train_grid: torch.Tensor | None, per_interval: int = 1) -> list[float]:
     """Intermediate times for the 2-step probe: the training grid's inner points, ``per_interval``
     points between neighbours (geometric), t = 1 (c_noise = 0) and the default 2-step time."""
     lo, hi = schedule.sigma_min, schedule.sigma_max

@@ -104,8 +104,12 @@ def train_step(state: TrainState, s: StepSettings) -> tuple[torch.Tensor, dict]:
         ema_weight = (1 - s.ema_decay) * finite.to(loss.dtype)      # and no EMA update from it
     state.optimizer.step()
     with torch.no_grad():
-        for p_t, p in zip(state.target.parameters(), state.student.parameters()):
-            p_t.lerp_(p, ema_weight)
+        targets, sources = list(state.target.parameters()), list(state.student.parameters())
+        if isinstance(ema_weight, float):
+            torch._foreach_lerp_(targets, sources, ema_weight)
+        else:
+            for p_t, p in zip(targets, sources):
+                p_t.lerp_(p, ema_weight)
     state.step = step
     return loss, logs
 
