@@ -22,8 +22,9 @@ def write_cifar_fixture(root: Path) -> tuple[Path, Path]:
     write_cifar_tarball(data / "cifar-10-python.tar.gz")
     torch.manual_seed(0)
     net = SongUNet(**TINY_NET).eval().requires_grad_(False)
-    pkl = root / "edm-tiny-cifar10-32x32-vp.pkl"
-    write_edm_pickle(pkl, net, root / "marker", "VPPrecond", record_kwargs=TINY_NET)
+    # what edm-cifar10-32x32-uncond-vp.pkl is: EDMPrecond around a DDPM++ SongUNet ("vp" names the architecture)
+    pkl = root / "edm-tiny-cifar10-32x32-uncond-vp.pkl"
+    write_edm_pickle(pkl, net, root / "marker", "EDMPrecond", record_kwargs=TINY_NET)
     return pkl, data
 
 

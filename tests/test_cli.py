@@ -208,5 +208,5 @@ def test_a_dataset_of_another_shape_than_the_teacher_is_one_message(tmp_path):
     assert out.returncode == 2, out.stderr[-3000:]
     assert "Traceback" not in out.stderr
     assert "(3, 32, 32)" in out.stderr and "dataset.fashion_mnist" in out.stderr and "(1, 32, 32)" in out.stderr
-    assert "edm-tiny-cifar10-32x32-vp.pkl" in out.stderr
+    assert "edm-tiny-cifar10-32x32-uncond-vp.pkl" in out.stderr
     assert not (tmp_path / "mlruns.db").exists()   # refused while building the experiment: no run

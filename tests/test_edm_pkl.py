@@ -95,7 +95,8 @@ def write_edm_pickle(path, net: SongUNet, marker, precond: str = "VPPrecond", mo
         model.class_name = model_class
         top = nn.Module().__getstate__()
         top.update(training=False, _modules={"model": model}, img_resolution=8, img_channels=3, label_dim=0,
-                   use_fp16=False, _init_args=(), **(extra_state or {}))
+                   use_fp16=False, _init_args=())
+        top.update(extra_state or {})
         if precond == "VPPrecond":
             top.update(beta_d=19.9, beta_min=0.1, M=1000, epsilon_t=1e-5, sigma_min=0.001, sigma_max=152.0)
         else:
@@ -263,11 +264,63 @@ def test_missing_file_names_path_and_url(tmp_path):
     assert EDM_URL == "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/"
 
 
+def _edm_wrapper_float32(net, precond: str, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """EDM's VPPrecond / VEPrecond / EDMPrecond.forward as training/networks.py writes them:
+    x and sigma cast to float32, every scaling in float32, VP's label via log(1 + sigma^2)."""
+    x = x.to(torch.float32)
+    sigma = sigma.to(torch.float32).reshape(-1, 1, 1, 1)
+    if precond == "VPPrecond":
+        c_skip, c_out, c_in = 1, -sigma, 1 / (sigma ** 2 + 1).sqrt()
+        c_noise = 999 * (((0.1 ** 2 + 2 * 19.9 * (1 + sigma ** 2).log()).sqrt() - 0.1) / 19.9)   # (M - 1) * sigma_inv
+    elif precond == "VEPrecond":
+        c_skip, c_out, c_in, c_noise = 1, sigma, 1, (0.5 * sigma).log()
+    else:
+        c_skip = 0.25 / (sigma ** 2 + 0.25)
+        c_out = sigma * 0.5 / (sigma ** 2 + 0.25).sqrt()
+        c_in = 1 / (0.25 + sigma ** 2).sqrt()
+        c_noise = sigma.log() / 4
+    return c_skip * x + c_out * net(c_in * x, c_noise.flatten()).to(torch.float32)
+
+
+@pytest.mark.parametrize("precond", ["VPPrecond", "EDMPrecond", "VEPrecond"])
+def test_denoise_equals_edms_own_float32_wrapper(written, precond):
+    """Relative error <= 1e-5 against EDM's wrapper, at sigma_min too (where VP's noise label in
+    float32 is log(1 + sigma^2)'s, ~2% off log1p's), for float32 and float64 callers."""
+    teacher, net = edm_pkl(str(written[precond])), written["net"]
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    sigma = torch.tensor([0.002, 0.5, 80.0], dtype=torch.float64)
+    x_t = x * (1 + sigma[:, None, None, None])
+    want = _edm_wrapper_float32(net, precond, x_t, sigma)
+    for dtype in (torch.float32, torch.float64):
+        got = teacher.denoise(x_t.to(dtype), sigma.to(dtype))
+        assert got.dtype == dtype
+        rel = ((got.float() - want).abs().amax() / want.abs().amax()).item()
+        assert rel <= 1e-5, (precond, dtype, rel)
+    if precond == "VPPrecond":   # the noise label itself, bit for bit (a tiny random net hardly notices 2%)
+        s32 = sigma.float()
+        edm_label = 999 * (((0.1 ** 2 + 2 * 19.9 * (1 + s32 ** 2).log()).sqrt() - 0.1) / 19.9)
+        assert torch.equal(teacher.scalings(s32)[3], edm_label)
+        log1p_label = 999 * (((0.1 ** 2 + 2 * 19.9 * torch.log1p(s32 ** 2)).sqrt() - 0.1) / 19.9)
+        assert (log1p_label[0] / edm_label[0] - 1).abs() > 1e-3      # why it matters at sigma_min
+
+
 def test_unsupported_or_mismatched_networks(tmp_path, written):
     adm = tmp_path / "adm.pkl"
     write_edm_pickle(adm, written["net"], written["marker"], model_class="DhariwalUNet")
-    with pytest.raises(CheckpointError, match="only SongUNet"):
+    with pytest.raises(CheckpointError, match=r"DhariwalUNet \(ADM.*only SongUNet"):
         edm_pkl(str(adm))
+    iddpm = tmp_path / "baseline-imagenet.pkl"
+    write_edm_pickle(iddpm, written["net"], written["marker"], precond="iDDPMPrecond")
+    with pytest.raises(CheckpointError, match="iDDPMPrecond, not supported: its noise levels are rounded"):
+        edm_pkl(str(iddpm))
+    cond = tmp_path / "edm-cond.pkl"   # EDM would feed it zero labels: never silently
+    write_edm_pickle(cond, written["net"], written["marker"], precond="EDMPrecond", extra_state={"label_dim": 10})
+    with pytest.raises(CheckpointError, match=r"class-conditional network \(label_dim = 10"):
+        edm_pkl(str(cond))
+    fp16 = tmp_path / "edm-fp16.pkl"
+    write_edm_pickle(fp16, written["net"], written["marker"], precond="EDMPrecond", extra_state={"use_fp16": True})
+    with pytest.warns(UserWarning, match="runs its network in float32"):
+        assert edm_pkl(str(fp16)).precond == "edm"
     lying = tmp_path / "lying.pkl"  # recorded kwargs say no augment labels, the tensors have them
     write_edm_pickle(lying, written["net"], written["marker"], record_kwargs={**MODEL_KWARGS, "augment_dim": 0})
     with pytest.raises(CheckpointError, match=r"unexpected \['map_augment.weight'\]"):

@@ -44,6 +44,15 @@ from precondlab.teachers.base import Teacher
 EDM_URL = "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/"
 DEFAULT_PKL = "edm-cifar10-32x32-uncond-vp.pkl"
 PRECONDS = {"VPPrecond": "vp", "VEPrecond": "ve", "EDMPrecond": "edm"}
+# What EDM's pretrained files are (its README and training/networks.py): edm-* (config F) are
+# EDMPrecond; baseline-* are VPPrecond / VEPrecond (cifar10, ffhq, afhqv2) or iDDPMPrecond
+# (baseline-imagenet); "vp"/"ve" in a file name is the architecture (DDPM++ / NCSN++), "adm" is
+# DhariwalUNet; "cond" files are class-conditional.
+REFUSED_PRECONDS = {
+    "iDDPMPrecond": "its noise levels are rounded to the 1000 discrete steps of improved DDPM and its "
+                    "network predicts a learned variance too; precondlab reads continuous-time wrappers only "
+                    "(VPPrecond, VEPrecond, EDMPrecond)",
+}
 
 
 def missing_file_message(path: Path) -> str:
@@ -228,15 +237,31 @@ def load_edm_checkpoint(path: str | Path, key: str = "ema") -> EDMCheckpoint:
         found = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(f"{path}: expected a dict with key {key!r} (EDM snapshots hold 'ema'), found {found}")
     net = data[key]
+    if isinstance(net, ModuleRecord) and net.class_name in REFUSED_PRECONDS:
+        raise CheckpointError(f"{path}: {key!r} is {net.class_name}, not supported: "
+                              f"{REFUSED_PRECONDS[net.class_name]}")
     if not isinstance(net, ModuleRecord) or net.class_name not in PRECONDS:
         kind = net.class_name if isinstance(net, ModuleRecord) else type(net).__name__
         raise CheckpointError(f"{path}: {key!r} is {kind}; supported: {', '.join(PRECONDS)}")
     model = net.modules.get("model")
     if not isinstance(model, ModuleRecord) or model.class_name != "SongUNet":
         kind = model.class_name if isinstance(model, ModuleRecord) else type(model).__name__
-        raise CheckpointError(f"{path}: the network is {kind}; only SongUNet (DDPM++/NCSN++) is supported")
+        adm = " (ADM, the network of EDM's ImageNet-64 checkpoints)" if kind == "DhariwalUNet" else ""
+        raise CheckpointError(f"{path}: the network is {kind}{adm}; only SongUNet (DDPM++/NCSN++: EDM's "
+                              f"CIFAR-10, FFHQ-64 and AFHQv2-64 checkpoints) is supported")
     fields = ("sigma_data", "beta_d", "beta_min", "M", "epsilon_t", "sigma_min", "sigma_max", "label_dim", "use_fp16")
     params = {k: net.state[k] for k in fields if k in net.state}
+    label_dim = max(int(params.get("label_dim") or 0), int(_init_kwargs(model, path).get("label_dim") or 0))
+    if label_dim > 0:
+        # EDM's wrapper feeds zeros when no label is given: a conditional network would run, and
+        # silently be the wrong teacher (its zero-label output is no class's denoiser)
+        raise CheckpointError(f"{path}: a class-conditional network (label_dim = {label_dim}, e.g. "
+                              f"edm-cifar10-32x32-cond-vp.pkl); precondlab does not feed class labels yet. "
+                              f"Use an unconditional checkpoint (edm-*-uncond-*.pkl)")
+    if params.get("use_fp16"):
+        warnings.warn(f"{path}: the snapshot asks for float16 (use_fp16); precondlab runs its network in "
+                      f"float32 (EDM's own CPU behaviour; on CUDA, EDM's float16 path is faster, not more exact)",
+                      stacklevel=2)
     state_dict = {name: t.detach().clone() for name, t in model.named_tensors()}
     return EDMCheckpoint(path, PRECONDS[net.class_name], net.class_name, params,
                          _init_kwargs(model, path), state_dict, sorted(data))
@@ -266,11 +291,15 @@ class EDMNetTeacher(Teacher):
     """D(x, t) of an EDM SongUNet under EDM's VP, VE or EDM preconditioning, with t = sigma.
 
     All three of EDM's wrappers take the unscaled x = x_0 + sigma * n, so the teacher lives on
-    our EDM schedule whatever its training SDE. VP feeds the network c_noise = (M - 1) *
-    sigma_inv(sigma) (a DDPM timestep in [0, 999]), not EDM's log(sigma) / 4: a student
-    initialised from a VP teacher sees different noise labels (and c_in, c_out) than the teacher
-    did, so it starts near, not at, the teacher. CTM's CIFAR-10 recipe does the same (VP weights
-    copied into an EDM-preconditioned student); training adapts the embedding.
+    our EDM schedule whatever its training SDE. As EDM's wrappers do, the scalings and the
+    wrapper's arithmetic are float32 whatever the caller's dtype (the result is returned in the
+    caller's dtype), so D equals EDM's own ``net(x, sigma)`` to round-off.
+
+    EDM's released ``edm-*`` checkpoints (``edm-cifar10-32x32-uncond-vp.pkl`` included: "vp" is
+    the DDPM++ architecture) are EDMPrecond, whose noise label log(sigma) / 4 is the student's
+    too. VPPrecond (EDM's ``baseline-*-vp.pkl``) feeds c_noise = (M - 1) * sigma_inv(sigma), a
+    DDPM timestep in [0, 999]: a student initialised from such a teacher sees other noise labels
+    (and c_in, c_out) than the teacher did and starts near, not at, it.
     """
 
     def __init__(self,
@@ -296,8 +325,10 @@ class EDMNetTeacher(Teacher):
         self.dataset, self.device = dataset, torch.device(device)
 
     def sigma_inv(self, sigma: torch.Tensor) -> torch.Tensor:
-        """VP: the t in [0, 1] whose sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1) is sigma."""
-        return ((self.beta_min ** 2 + 2 * self.beta_d * torch.log1p(sigma ** 2)).sqrt() - self.beta_min) / self.beta_d
+        """VP: the t in [0, 1] whose sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1) is sigma.
+        EDM's own float32 expression, log(1 + sigma^2) rather than log1p: at sigma_min = 0.002 the
+        two differ by ~2% and the network was trained on EDM's."""
+        return ((self.beta_min ** 2 + 2 * self.beta_d * (1 + sigma ** 2).log()).sqrt() - self.beta_min) / self.beta_d
 
     def scalings(self, sigma: torch.Tensor):
         """c_skip, c_out, c_in, c_noise of EDM's Table 1 for this preconditioning."""
@@ -310,13 +341,14 @@ class EDMNetTeacher(Teacher):
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        img = x.reshape(n, *self.shape)
-        sigma = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1).expand(n)
+        # EDM's wrappers: x and sigma in float32, the network in its own dtype, D in float32
+        img = x.reshape(n, *self.shape).to(self.device, torch.float32)
+        sigma = torch.as_tensor(t).to(self.device, torch.float32).reshape(-1).expand(n)
         c_skip, c_out, c_in, c_noise = self.scalings(sigma)
-        dtype = self.net.map_layer0.weight.dtype  # scalings in the caller's dtype, the net in its own
-        F_x = self.net((_bcast(c_in, img) * img).to(self.device, dtype), c_noise.to(self.device, dtype))
-        D = _bcast(c_skip, img) * img + _bcast(c_out, img) * F_x.to(x.device, x.dtype)
-        return D.reshape(x.shape)
+        dtype = self.net.map_layer0.weight.dtype
+        F_x = self.net((_bcast(c_in, img) * img).to(dtype), c_noise.to(dtype))
+        D = _bcast(c_skip, img) * img + _bcast(c_out, img) * F_x.to(torch.float32)
+        return D.to(x.device, x.dtype).reshape(x.shape)
 
     def sample_x0(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.dataset is None or not hasattr(self.dataset, "sample_x0"):
@@ -423,7 +455,7 @@ def edm_pkl(path: str = f"checkpoints/{DEFAULT_PKL}",  # an official EDM snapsho
             schedule: Schedule | None = None,            # time grid for students
             dataset: Any = None,                         # data sampler (sample_x0)
             device: str = "cpu") -> EDMNetTeacher:       # where the network runs
-    """An official EDM checkpoint (VP/VE/EDM, SongUNet) read safely; t = sigma."""
+    """An official EDM checkpoint (VP/VE/EDM wrapper, unconditional SongUNet) read safely; t = sigma."""
     ckpt = load_edm_checkpoint(path, key)
     net = build_songunet(ckpt.model_kwargs, ckpt.state_dict, str(ckpt.path))
     keep = {k: ckpt.precond_params[k] for k in ("sigma_data", "beta_d", "beta_min", "M") if k in ckpt.precond_params}
