@@ -262,7 +262,9 @@ def load_edm_checkpoint(path: str | Path, key: str = "ema") -> EDMCheckpoint:
         warnings.warn(f"{path}: the snapshot asks for float16 (use_fp16); precondlab runs its network in "
                       f"float32 (EDM's own CPU behaviour; on CUDA, EDM's float16 path is faster, not more exact)",
                       stacklevel=2)
-    state_dict = {name: t.detach().clone() for name, t in model.named_tensors()}
+    # no copy: the tensors were rebuilt from storages of their own, and build_songunet copies them
+    # into the network (a clone here made loading peak at ~4x the file's size)
+    state_dict = {name: t.detach() for name, t in model.named_tensors()}
     return EDMCheckpoint(path, PRECONDS[net.class_name], net.class_name, params,
                          _init_kwargs(model, path), state_dict, sorted(data))
 
@@ -272,7 +274,8 @@ def build_songunet(kwargs: dict, state_dict: dict[str, torch.Tensor], source: st
     unknown = sorted(set(kwargs) - set(inspect.signature(SongUNet).parameters))
     if unknown:
         raise CheckpointError(f"{source}: SongUNet arguments we do not implement: {unknown}")
-    net = SongUNet(**kwargs)
+    with torch.device("meta"):   # shapes only: the loaded tensors become the weights (no second copy)
+        net = SongUNet(**kwargs)
     ours = net.state_dict()
     missing = sorted(set(ours) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(ours))
@@ -282,7 +285,7 @@ def build_songunet(kwargs: dict, state_dict: dict[str, torch.Tensor], source: st
         raise CheckpointError(f"{source}: weights do not fit SongUNet({kwargs}): missing {missing[:10]}"
                               f"{' ...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}"
                               f"{' ...' if len(unexpected) > 10 else ''}, shape mismatches {wrong[:10]}")
-    net.load_state_dict(state_dict, strict=True)
+    net.load_state_dict(state_dict, strict=True, assign=True)
     return net
 
 
