@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import gin
+import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import GIN, REPO
@@ -20,6 +21,7 @@ def cli(*args, cwd, env=None):
                           env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 def test_two_runs_named_traced_timed_and_the_second_reuses_the_statistics(tmp_path):
     args = ["run", str(GIN / "toy_analytic.gin"), *[a for b in TINY + TINY_ANALYTIC for a in ("--gin_bindings", b)]]
     cache = {"PRECONDLAB_CACHE": str(tmp_path / "cache")}          # statistics never estimated before

@@ -30,6 +30,7 @@ def torchrun(nproc: int, *args, cwd, timeout=300):
                           text=True, cwd=cwd, env=env, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_one_step_on_two_ranks_equals_one_step_on_one(tmp_path):
     one = subprocess.run([sys.executable, str(HERE / "ddp_equivalence.py"), str(tmp_path / "one.pt")],
                          capture_output=True, text=True)

@@ -165,6 +165,7 @@ def test_check_passes_a_plugin_that_keeps_the_contract_and_names_the_rule_otherw
     assert cli(site, "check", "loss", "l1", cwd=tmp_path).returncode == 0
 
 
+@pytest.mark.slow
 def test_run_refuses_a_broken_plugin_before_any_work_and_uses_a_good_one(site, tmp_path):
     def run(binding):
         return cli(site, "run", str(GIN / "toy_ctm.gin"), *[a for b in TINY + [binding] for a in ("--gin_bindings", b)],
