@@ -251,7 +251,8 @@ def load_edm_checkpoint(path: str | Path, key: str = "ema") -> EDMCheckpoint:
                               f"CIFAR-10, FFHQ-64 and AFHQv2-64 checkpoints) is supported")
     fields = ("sigma_data", "beta_d", "beta_min", "M", "epsilon_t", "sigma_min", "sigma_max", "label_dim", "use_fp16")
     params = {k: net.state[k] for k in fields if k in net.state}
-    label_dim = max(int(params.get("label_dim") or 0), int(_init_kwargs(model, path).get("label_dim") or 0))
+    model_kwargs = _init_kwargs(model, path)
+    label_dim = max(int(params.get("label_dim") or 0), int(model_kwargs.get("label_dim") or 0))
     if label_dim > 0:
         # EDM's wrapper feeds zeros when no label is given: a conditional network would run, and
         # silently be the wrong teacher (its zero-label output is no class's denoiser)
@@ -262,11 +263,11 @@ def load_edm_checkpoint(path: str | Path, key: str = "ema") -> EDMCheckpoint:
         warnings.warn(f"{path}: the snapshot asks for float16 (use_fp16); precondlab runs its network in "
                       f"float32 (EDM's own CPU behaviour; on CUDA, EDM's float16 path is faster, not more exact)",
                       stacklevel=2)
-    # no copy: the tensors were rebuilt from storages of their own, and build_songunet copies them
-    # into the network (a clone here made loading peak at ~4x the file's size)
+    # no copy: the tensors were rebuilt from storages of their own, and build_songunet adopts them
+    # as the network's weights (benchmarks/teacher_load_memory.py measures the peak)
     state_dict = {name: t.detach() for name, t in model.named_tensors()}
-    return EDMCheckpoint(path, PRECONDS[net.class_name], net.class_name, params,
-                         _init_kwargs(model, path), state_dict, sorted(data))
+    return EDMCheckpoint(path, PRECONDS[net.class_name], net.class_name, params, model_kwargs, state_dict,
+                         sorted(data))
 
 
 def build_songunet(kwargs: dict, state_dict: dict[str, torch.Tensor], source: str) -> SongUNet:
