@@ -75,7 +75,7 @@ def test_speed_ups_and_intervals_equal_hand_computation(store):
     one_seed = speedups["known | traj_mse/nfe2 | 0.5 (given) | cm"]
     assert one_seed["value"] == pytest.approx(60 / 60) and one_seed["n"] == 1
     never = speedups["known | traj_mse/nfe2 | 0.5 (given) | bcm"]
-    assert never["value"] == 0.0                                       # never reaching: speed-up 0
+    assert never["value"] is None and never["reached"] == 0 and never["n"] == 2   # no speed-up, not 0
     text = (tmp_path / "report" / "report.md").read_text()
     assert "never reached by 2 of 2 seeds" in text
     assert "1 run(s) left out (RUNNING)" in text                        # not a finished run

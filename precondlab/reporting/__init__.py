@@ -48,8 +48,9 @@ def run(experiments: list[str], out: str | Path | None = None, tracking_uri: str
     built = report.build(records, out, baseline=baseline, targets=parse_targets(targets or []), notes=notes,
                          resamples=resamples, artifacts=artifacts)
     md, page = report.write_markdown(built, out), report.write_html(built, out)
-    speedups = {" | ".join(k): {"value": v.value, "low": v.low, "high": v.high, "n": v.n}
-                for k, v in built.speedups.items()}
+    speedups = {" | ".join(k): {"value": r.value if r else None, "low": r.low if r else None,
+                                "high": r.high if r else None, "n": n, "reached": reached}
+                for k, (r, reached, n) in built.speedups.items()}
     (out / "speedups.json").write_text(json.dumps(speedups, indent=1, default=lambda x: None if not math.isfinite(x) else x))
     result = {"markdown": str(md), "html": str(page), "folder": str(out), "run_id": None}
     if log:

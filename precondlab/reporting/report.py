@@ -38,7 +38,8 @@ class Section:
 class Report:
     title: str
     sections: list[Section]
-    speedups: dict = field(default_factory=dict)   # (experiment, metric, target label, method) -> Interval
+    # (experiment, metric, target label, method) -> (Interval, or None unless every seed reached it; seeds reaching it; seeds)
+    speedups: dict = field(default_factory=dict)
 
 
 def _table(head: list[str], rows: list[list[str]]) -> str:
@@ -95,21 +96,28 @@ def _curve_figure(metric: str, groups: dict[str, list[RunRecord]], out: Path, be
     return path
 
 
-def _speedup_figure(rows: list[tuple[str, str, stats.Interval]], out: Path, title: str) -> Path | None:
+def _speedup_figure(rows: list[tuple[str, str, stats.Interval | None, str]], out: Path, title: str) -> Path | None:
+    """One line per (method, target): the speed-up and its interval, or "not reached" (seeds reaching it)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    rows = [r for r in rows if math.isfinite(r[2].value)]
-    if not rows:
+    rows = [r for r in rows if r[2] is None or math.isfinite(r[2].value)]
+    if not any(r[2] is not None for r in rows):
         return None
-    fig, ax = plt.subplots(figsize=(6.4, 0.35 * len(rows) + 1.2))
-    for i, (method, target, interval) in enumerate(rows):
+    fig, ax = plt.subplots(figsize=(8.0, 0.35 * len(rows) + 1.2))
+    labels = []
+    for i, (method, target, interval, seeds) in enumerate(rows):
+        if interval is None:   # drawn as a label, not as a speed-up of 0
+            ax.plot([1.0], [i], marker="x", color="gray", ls="none")
+            labels.append(f"{method} | {target} | not reached ({seeds} seeds)")
+            continue
         lo = interval.low if math.isfinite(interval.low) else interval.value
         hi = interval.high if math.isfinite(interval.high) else interval.value
         ax.errorbar(interval.value, i, xerr=[[interval.value - lo], [hi - interval.value]], fmt="o", capsize=3)
+        labels.append(f"{method} | {target}")
     ax.axvline(1.0, color="gray", ls="--", lw=1)
-    ax.set_yticks(range(len(rows)), [f"{m} | {t}" for m, t, _ in rows], fontsize=7)
-    ax.set_xlabel("speed-up in iterations to the target (baseline / method; > 1: faster)")
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.set_xlabel("speed-up: baseline's iterations / method's (> 1: faster; x: not reached)", fontsize=8)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
@@ -197,13 +205,15 @@ def _metric_section(experiment, metric, groups, baseline, extra_targets, out, re
             if method == baseline:
                 rows.append([label, f"{value:.4g}", method, f"{reached}/{len(its)}", mean_its.text(), "1 (baseline)"])
                 continue
-            ratio = stats.bootstrap_ratio(base_iters, its, resamples)
-            speedups[(experiment, metric, label, method)] = ratio
-            shown = ratio.text() if reached == len(its) else f"never reached by {len(its) - reached} of {len(its)} seeds"
-            if reached == len(its) and not all(math.isfinite(i) for i in base_iters):
+            # a speed-up only where every seed reached the target: a mean over seeds that include
+            # "never" is not a number of iterations (it used to show as a speed-up of 0)
+            ratio = stats.bootstrap_ratio(base_iters, its, resamples) if reached == len(its) else None
+            speedups[(experiment, metric, label, method)] = (ratio, reached, len(its))
+            shown = ratio.text() if ratio is not None else f"never reached by {len(its) - reached} of {len(its)} seeds"
+            if ratio is not None and not all(math.isfinite(i) for i in base_iters):
                 shown += " (the baseline misses it in some seeds)"
             rows.append([label, f"{value:.4g}", method, f"{reached}/{len(its)}", mean_its.text(), shown])
-            plotted.append((method, label, ratio))
+            plotted.append((method, label, ratio, f"{reached}/{len(its)}"))
     section.text.append(f"Iterations to reach a target ({direction} is better; a run reaches a target when its "
                         f"best value so far is at or beyond it). Targets `P% (S it)`: the value every `{baseline}` "
                         f"run had reached by step S, P% of its training. Speed-up: `{baseline}`'s mean iterations "
