@@ -54,7 +54,7 @@ def worker(args) -> None:
     student = student.to(device)
     target = copy.deepcopy(student).requires_grad_(False)
     model = DistributedDataParallel(student) if d.active else student
-    state = TrainState(student, target, torch.optim.Adam(student.parameters(), lr=1e-4),
+    state = TrainState(student, target, torch.optim.Adam(student.parameters(), lr=1e-4, foreach=True),
                        torch.Generator(device=device).manual_seed(stream_seed(0, d.rank)),
                        torch.Generator().manual_seed(stream_seed(1, d.rank)))
     settings = StepSettings(teacher, CTMPrecond(), CTMObjective(num_timesteps=18), batch // d.world, device,

@@ -1,5 +1,7 @@
 import os
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,21 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["PRECONDLAB_CACHE"] = tempfile.mkdtemp(prefix="precondlab-test-cache-")
 REPO = Path(__file__).resolve().parents[1]
 GIN = REPO / "gin"
+
+
+def wait_until_healthy(url: str, proc, what: str, timeout: float = 60) -> None:
+    """Until the MLflow server (or UI) at ``url`` answers its /health endpoint, polled directly:
+    MlflowClient would back off for seconds after each refused connection."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:  # not up yet
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, f"{what} did not start"
+        time.sleep(0.2)
 
 
 @pytest.fixture(autouse=True)

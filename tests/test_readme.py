@@ -15,12 +15,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import wait_until_healthy
 from precondlab.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,10 +80,9 @@ def readme_commands() -> list[list[str]]:
     return commands
 
 
-def where(words: list[str]) -> str:
-    text = shlex.join(words)
-    (place,) = [w for pattern, w in WHERE if re.fullmatch(pattern, text)] or [f"no row of WHERE for: {text}"]
-    return place
+def places(words: list[str]) -> list[str]:
+    """The rows of WHERE that a command matches (exactly one, the test below asserts)."""
+    return [w for pattern, w in WHERE if re.fullmatch(pattern, shlex.join(words))]
 
 
 def as_filled_in(words: list[str]) -> list[str]:
@@ -100,7 +99,7 @@ def test_every_readme_command_has_one_place_where_it_runs_and_parses():
     assert len(commands) >= 15, commands
     for words in commands:
         text = shlex.join(words)
-        matches = [w for pattern, w in WHERE if re.fullmatch(pattern, text)]
+        matches = places(words)
         assert len(matches) == 1, f"README command {text!r} matches {len(matches)} rows of WHERE"
         test = re.search(r"(tests/\w+\.py)::(\w+)", matches[0])
         if test:   # the test named exists
@@ -125,7 +124,7 @@ def test_every_readme_command_has_one_place_where_it_runs_and_parses():
 
 def _readme(pattern: str) -> list[str]:
     (words,) = [w for w in readme_commands() if re.fullmatch(pattern, shlex.join(w))]
-    assert where(words) == "here"
+    assert places(words) == ["here"]
     exe = words[0].replace(".venv/bin/", "")
     return [str(BIN / exe), *words[1:]]
 
@@ -160,16 +159,7 @@ def test_readme_run_interrupt_resume_latest_then_the_mlflow_ui_shows_it(tmp_path
     ui = subprocess.Popen(_readme(r"\.venv/bin/mlflow ui .*"), cwd=tmp_path, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:   # the UI's default address, as the README's comment gives it
-            try:
-                with urllib.request.urlopen("http://127.0.0.1:5000/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            assert ui.poll() is None and time.monotonic() < deadline, "mlflow ui did not start"
-            time.sleep(0.2)
+        wait_until_healthy("http://127.0.0.1:5000", ui, "mlflow ui")   # its default address, as the README says
         client = MlflowClient("http://127.0.0.1:5000")
         (found,) = client.search_runs([client.get_experiment_by_name("precondlab").experiment_id])
     finally:

@@ -9,13 +9,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import GIN
+from conftest import GIN, wait_until_healthy
 from tiny import TINY
 
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
@@ -86,16 +85,8 @@ class Server:
         self.proc = subprocess.Popen([MLFLOW, "server", "--host", "127.0.0.1", "--port", str(self.port),
                                       "--workers", "1"], cwd=self.cwd, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while True:  # its health endpoint, polled directly: MlflowClient would back off for seconds
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        return self
-            except OSError:  # not up yet
-                pass
-            assert self.proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-            time.sleep(0.2)
+        wait_until_healthy(self.uri, self.proc, "mlflow server")
+        return self
 
     def stop(self):
         """Gone at once, as when its machine or container dies (a graceful stop waits for clients)."""
