@@ -1,8 +1,6 @@
 """``python -m precondlab ...`` (and ``torchrun -m precondlab run ...``): the command line."""
 
-import sys
-
-from precondlab.cli import main
+from precondlab.cli import entry
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

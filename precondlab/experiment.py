@@ -350,40 +350,44 @@ def _train(exp: Experiment, config: ParsedConfig, log, phases: Phases, report, b
     check_contract(precond)              # again with its statistics (cheap: milliseconds)
     precond.tabulate(grid)
     if resumed is None and d.main:
-        label = f"{run_name} | {run_label(precond, exp.seed)} | {type(teacher).__name__}"
-        log.figure(plots.coefficients(precond, grid, title=label), "coefficients.png")
-        coeffs = getattr(precond, "coeffs", None)
-        if coeffs is not None:
-            log.figure(plots.ode_coefficients(coeffs, title=label), "l_s_curves.png")
-        if teacher.analytic and precond.denoiser_form and exp.gap_pairs:
-            gaps = GapEstimator(teacher, num_samples=2048)
-            for t, s in exp.gap_pairs:
-                row = gaps.row(type(precond).__name__, precond, float(t), float(s))
-                log.metrics({f"gap_t/{t}_to_{s}": row.gap_t, f"gap_s/{t}_to_{s}": row.gap_s}, step=0)
+        gaps = teacher.analytic and precond.denoiser_form and exp.gap_pairs
+        with phases("diagnostics", "coefficient plots" + (" and exact consistency gaps" if gaps else "")):
+            label = f"{run_name} | {run_label(precond, exp.seed)} | {type(teacher).__name__}"
+            log.figure(plots.coefficients(precond, grid, title=label), "coefficients.png")
+            coeffs = getattr(precond, "coeffs", None)
+            if coeffs is not None:
+                log.figure(plots.ode_coefficients(coeffs, title=label), "l_s_curves.png")
+            if gaps:
+                estimator = GapEstimator(teacher, num_samples=2048)
+                for t, s in exp.gap_pairs:
+                    row = estimator.row(type(precond).__name__, precond, float(t), float(s))
+                    log.metrics({f"gap_t/{t}_to_{s}": row.gap_t, f"gap_s/{t}_to_{s}": row.gap_s}, step=0)
 
-    if exp.init_from_teacher and hasattr(teacher, "net") and resumed is None:
-        from precondlab.students.songunet import init_from_teacher
-        copied, _ = init_from_teacher(student, teacher.net)
-        source = teacher.net.state_dict()
-        fraction = sum(source[k].numel() for k in copied) / max(1, sum(v.numel() for v in source.values()))
-        log.params({"student_init_copied_tensors": len(copied), "student_init_copied_fraction": round(fraction, 4)})
-        if fraction < 0.9:  # e.g. a CIFAR-size student on a small teacher: CTM's init did not happen
-            warnings.warn(f"init_from_teacher copied only {100 * fraction:.1f}% of the teacher's weights into "
-                          f"the student: give the student the teacher's architecture (student.songunet.*), "
-                          f"or set experiment.init_from_teacher = False to silence this", stacklevel=2)
-    student = student.to(device)
-    if device.type == "cuda" and len(teacher.shape) == 3:
-        student = student.to(memory_format=torch.channels_last)
-    use_bf16 = exp.amp == "bf16" or (exp.amp == "auto" and device.type == "cuda")
-    target = copy.deepcopy(student).requires_grad_(False).eval()   # evaluated and used as the CTM target
-    if exp.compile:  # after the deepcopy: the EMA target gets its own compiled callable
-        compiled = compile_in_place((student, target, getattr(teacher, "net", None)),
-                                    exp.compile_backend, exp.compile_mode)
-        if resumed is None:
-            log.params({"compiled_modules": compiled})
-    # foreach: one kernel per update for all tensors (PyTorch's default on CUDA only; on the CPU the
-    # per-tensor loop costs more than the arithmetic for a small student)
-    optimizer = torch.optim.Adam(student.parameters(), lr=exp.lr, foreach=True)
+    # (torch.optim imports torch._dynamo when the optimiser is made: about 1 s of this phase)
+    with phases("student", "the student on its device, its EMA target and the optimiser"):
+        if exp.init_from_teacher and hasattr(teacher, "net") and resumed is None:
+            from precondlab.students.songunet import init_from_teacher
+            copied, _ = init_from_teacher(student, teacher.net)
+            source = teacher.net.state_dict()
+            fraction = sum(source[k].numel() for k in copied) / max(1, sum(v.numel() for v in source.values()))
+            log.params({"student_init_copied_tensors": len(copied), "student_init_copied_fraction": round(fraction, 4)})
+            if fraction < 0.9:  # e.g. a CIFAR-size student on a small teacher: CTM's init did not happen
+                warnings.warn(f"init_from_teacher copied only {100 * fraction:.1f}% of the teacher's weights into "
+                              f"the student: give the student the teacher's architecture (student.songunet.*), "
+                              f"or set experiment.init_from_teacher = False to silence this", stacklevel=2)
+        student = student.to(device)
+        if device.type == "cuda" and len(teacher.shape) == 3:
+            student = student.to(memory_format=torch.channels_last)
+        use_bf16 = exp.amp == "bf16" or (exp.amp == "auto" and device.type == "cuda")
+        target = copy.deepcopy(student).requires_grad_(False).eval()   # evaluated and used as the CTM target
+        if exp.compile:  # after the deepcopy: the EMA target gets its own compiled callable
+            compiled = compile_in_place((student, target, getattr(teacher, "net", None)),
+                                        exp.compile_backend, exp.compile_mode)
+            if resumed is None:
+                log.params({"compiled_modules": compiled})
+        # foreach: one kernel per update for all tensors (PyTorch's default on CUDA only; on the CPU the
+        # per-tensor loop costs more than the arithmetic for a small student)
+        optimizer = torch.optim.Adam(student.parameters(), lr=exp.lr, foreach=True)
     # Each rank draws its own data and noise; rank 0's streams are a single process's.
     state = TrainState(student, target, optimizer,
                        noise_gen=torch.Generator(device=device).manual_seed(distributed.stream_seed(exp.seed, d.rank)),

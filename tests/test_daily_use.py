@@ -31,7 +31,7 @@ def test_two_runs_named_traced_timed_and_the_second_reuses_the_statistics(tmp_pa
     assert set(document) >= {"run_id", "final", "info", "checkpoint"}
     err = first.stderr
     assert "\r" not in err                               # not a terminal: plain lines, no carriage returns
-    for phase in ("evaluator", "statistics", "first evaluation", "artifacts"):   # (setup: only if > 1 s)
+    for phase in ("evaluator", "statistics", "diagnostics", "student", "first evaluation", "artifacts"):   # (setup: only if > 1 s)
         assert f"[precondlab] {phase}" in err, phase
     assert "summary (final evaluation" in err and "time/training" in err   # the table went to stderr
     assert "loaded from the cache" not in err
@@ -52,7 +52,8 @@ def test_two_runs_named_traced_timed_and_the_second_reuses_the_statistics(tmp_pa
         assert len(tags["mlflow.source.git.commit"]) == 40 and tags["precondlab.git_dirty"] in ("true", "false")
     assert "```" in tags["mlflow.note.content"] and "teacher.gmm.dim = 8" in tags["mlflow.note.content"]
     metrics = run.data.metrics
-    assert {"time/setup", "time/evaluator", "time/statistics", "time/training", "time/artifacts"} <= set(metrics)
+    assert {"time/setup", "time/evaluator", "time/statistics", "time/diagnostics", "time/student", "time/training",
+            "time/artifacts"} <= set(metrics)
     params = run.data.params
     assert params["teacher.gmm.dim"] == "8" and params["student.mlp.hidden"] == "32"   # full names
     assert params["precond.name"] == "analytic" and params["precond.form"] == "backward"

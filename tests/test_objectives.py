@@ -22,14 +22,15 @@ from precondlab.teachers.solvers import solve
 from precondlab.training.objectives import CMObjective, CTMObjective, DSMDraw, teacher_steps
 
 
-def test_masked_teacher_steps_equal_per_example_solves():
+@pytest.mark.parametrize("masked", [True, False])   # the accelerator's way and the CPU's
+def test_teacher_steps_equal_per_example_solves(masked):
     teacher = GMMTeacher(dim=3, num_components=4, seed=2)
     grid = teacher.schedule.karras(10)
     g = torch.Generator().manual_seed(0)
     x = 10 * torch.randn(12, 3, generator=g, dtype=torch.float64)
     start = torch.randint(0, 6, (12,), generator=g)
     k = 1 + torch.randint(0, 3, (12,), generator=g)               # 1..3 steps, start + k <= 8
-    out = teacher_steps(teacher, x, grid, start, k, max_k=5)    # more loop rounds than any k
+    out = teacher_steps(teacher, x, grid, start, k, max_k=5, masked=masked)    # more loop rounds than any k
     for i in range(12):
         ts = grid[int(start[i]): int(start[i] + k[i]) + 1].tolist()
         torch.testing.assert_close(out[i:i + 1], solve(teacher, x[i:i + 1], ts, "heun"))
@@ -199,3 +200,34 @@ def test_dsm_loss_is_edms_weighted_denoising_error():
     # the log-normal of EDM: log sigma ~ N(-1.2, 1.2^2) (before the clamp, which is rare)
     many = objective.sample_dsm(torch.zeros(50_000, 1), precond.schedule, torch.Generator().manual_seed(1)).sigma.log()
     assert abs(float(many.mean()) + 1.2) < 0.03 and abs(float(many.std()) - 1.2) < 0.03
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_backward_gives_the_gradient_of_the_called_loss(adaptive):
+    """train_step's objective.backward (one backward pass fewer with the adaptive DSM weight) adds
+    the gradient of __call__'s loss to .grad: the same loss, logs and gradients, also on top of a
+    gradient already there."""
+    teacher = GMMTeacher(dim=3, num_components=4, seed=2)
+    objective = CTMObjective(num_timesteps=8, dsm_weight=0.7, dsm_adaptive=adaptive)
+    x0 = teacher.sample_x0(16, torch.Generator().manual_seed(5))
+    grads = []
+    for way in ("call", "backward"):
+        student, target = _nets(3, seed=4)
+        for p in student.parameters():
+            p.grad = torch.full_like(p, 0.25)
+        if way == "call":
+            loss, logs = objective(student, target, CTMPrecond(), teacher, x0, torch.Generator().manual_seed(6))
+            loss.backward()
+        else:
+            loss, logs = objective.backward(student, target, CTMPrecond(), teacher, x0, torch.Generator().manual_seed(6))
+        grads.append(([p.grad.clone() for p in student.parameters()], loss.detach(), logs))
+    (g_call, loss_call, logs_call), (g_back, loss_back, logs_back) = grads
+    torch.testing.assert_close(loss_back, loss_call)
+    assert not loss_back.requires_grad
+    assert set(logs_back) == set(logs_call) == {"loss_ctm", "loss_dsm", "dsm_weight"}
+    for key in logs_call:
+        torch.testing.assert_close(logs_back[key], logs_call[key])
+    for a, b in zip(g_back, g_call):
+        torch.testing.assert_close(a, b)
+    assert all(float((g - 0.25).abs().max()) > 1e-6 for g in g_back)   # every parameter got a gradient
+    assert (float(logs_call["dsm_weight"]) != 0.7) == adaptive

@@ -66,10 +66,11 @@ class GMMTeacher(Teacher):
         return torch.softmax(logp, dim=-1), var, var0 / var, diff, logp
 
     def denoise(self, x, t):
-        """D = sum_k r_k (mu_k + shrink_k (x - mu_k)), the posterior mean of x_0."""
-        r, _, shrink, diff, _ = self._posterior(x, t)
-        means = self._tables(x)[0]
-        return r @ means + ((r * shrink)[..., None] * diff).sum(-2)
+        """D = sum_k r_k (mu_k + shrink_k (x - mu_k)), the posterior mean of x_0, summed as
+        (r - r shrink) @ mu + (sum_k r_k shrink_k) x: no K x d product (12% of a training step's teacher)."""
+        r, _, shrink, _, _ = self._posterior(x, t)
+        rs = r * shrink
+        return (r - rs) @ self._tables(x)[0] + rs.sum(-1, keepdim=True) * x
 
     def denoiser_trace(self, x, t):
         """tr(dD/dx) per example in closed form (what Analytic-Precond's l_t averages):

@@ -79,13 +79,18 @@ def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 def train_step(state: TrainState, s: StepSettings) -> tuple[torch.Tensor, dict]:
     """One optimiser step; returns the detached loss and the objective's logs."""
     x0 = _to_device(s.teacher.sample_x0(s.batch_size, state.data_gen).to(torch.float32), s.device)
-    with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.use_bf16):
-        loss, logs = s.objective(s.model or state.student, state.target, s.precond, s.teacher, x0, state.noise_gen)
     state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    autocast = torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.use_bf16)
+    args = (s.model or state.student, state.target, s.precond, s.teacher, x0, state.noise_gen)
+    if hasattr(s.objective, "backward"):   # precondlab's objectives (and their subclasses) save a backward pass
+        loss, logs = s.objective.backward(*args, autocast=autocast)
+    else:                                  # the registry's contract: objective(...) -> (loss, logs)
+        with autocast:
+            loss, logs = s.objective(*args)
+        loss.backward()
+        loss = loss.detach()
     params = [p for p in state.student.parameters() if p.grad is not None]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, s.grad_clip if s.grad_clip > 0 else float("inf"))
-    loss = loss.detach()
     step = state.step + 1
     if not s.defer_checks:
         if not bool(torch.isfinite(loss)):

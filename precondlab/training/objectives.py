@@ -10,6 +10,7 @@ the sampled indices against the distribution written here.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -21,12 +22,24 @@ from precondlab.teachers.solvers import euler_step, heun_step
 from precondlab.training.losses import l2
 
 
-def teacher_steps(teacher, x, grid, start, k, max_k: int, method="heun"):
+def teacher_steps(teacher, x, grid, start, k, max_k: int, method="heun", masked: bool | None = None):
     """Per-example k_i solver steps along the grid from index start_i (k may differ per example).
 
-    Loops max_k times with masking rather than reading k.max() from the device: no host sync.
+    On an accelerator: max_k masked steps over the whole batch, so that k is never read from the
+    device (no host sync). On the CPU, where reading k costs nothing, the examples are ordered by
+    k and step j moves only the k_i > j still moving: the same numbers with a third fewer rows
+    for CTM's p(k) ∝ k (E[k] = 11.7 of 17 on N = 18). ``masked`` chooses a way (default: by device).
     """
     step = heun_step if method == "heun" else euler_step
+    if not (x.device.type != "cpu" if masked is None else masked):
+        order = torch.argsort(k, descending=True)
+        moving = (k[order][None, :] > torch.arange(max_k, device=k.device)[:, None]).sum(1).tolist()
+        xs, first = x[order], start[order]
+        for j, count in enumerate(moving):
+            if count == 0:
+                break
+            xs[:count] = step(teacher, xs[:count], grid[first[:count] + j], grid[first[:count] + j + 1])
+        return torch.empty_like(x).index_copy_(0, order, xs)
     last = len(grid) - 1
     for j in range(max_k):
         active = (j < k).reshape(-1, *([1] * (x.ndim - 1)))
@@ -74,6 +87,39 @@ class Objective:
         self.num_timesteps, self.teacher_solver, self.distance = num_timesteps, teacher_solver, distance
         self.dsm_weight, self.dsm_adaptive = dsm_weight, dsm_adaptive
         self.dsm_p_mean, self.dsm_p_std = dsm_p_mean, dsm_p_std
+
+    def backward(self, student, target, precond, teacher, x0, generator, autocast=None):
+        """One batch's loss (returned detached, with the logs) and its gradient, added to the
+        student's ``.grad``: what train_step calls. The forward passes run under ``autocast``.
+
+        The same numbers as ``__call__(...)[0].backward()``, with one backward pass fewer where the
+        DSM weight is adaptive on a single process: the distillation term's full backward comes
+        first, and its last-layer gradient is the weight's numerator (CTM's way, kept under DDP where
+        that gradient is all-reduced first, takes it with autograd.grad through the EMA target and
+        then backpropagates through it all again: 6% of a toy step)."""
+        autocast = autocast or contextlib.nullcontext()
+        last = getattr(student, "last_layer", None)     # None through a DDP wrapper: combine() does it
+        deferred = (self.dsm_adaptive and self.dsm_weight > 0 and precond.denoiser_form and last is not None
+                    and not (torch.distributed.is_available() and torch.distributed.is_initialized()))
+        with autocast:
+            grid = self.grid(precond.schedule, x0.device, x0.dtype)
+            draw = self.sample(x0, grid.numel(), generator)
+            main, logs = self.loss(student, target, precond, teacher, x0, grid, draw)
+            if not deferred:
+                loss = self.combine(student, precond, main, x0, generator, logs)
+            else:
+                dsm = self.dsm_loss(student, precond, x0, self.sample_dsm(x0, precond.schedule, generator))
+        if not deferred:
+            loss.backward()
+            return loss.detach(), logs
+        before = last().grad.clone() if last().grad is not None else 0.0
+        main.backward()
+        g_main = last().grad - before
+        g_dsm = torch.autograd.grad(dsm, last(), retain_graph=True)[0]
+        weight = self.dsm_weight * (g_main.norm() / (g_dsm.norm() + 1e-8)).detach()
+        (weight * dsm).backward()
+        logs["loss_dsm"], logs["dsm_weight"] = dsm.detach(), weight.detach()
+        return (main + weight * dsm).detach(), logs
 
     def grid(self, schedule, device, dtype):
         return schedule.karras(self.num_timesteps).to(device=device, dtype=dtype)
