@@ -1,9 +1,14 @@
-"""Tiny stand-ins in the true file formats for the image configs (tests only): an EDM pickle of
-a 32x32 SongUNet with 8 channels, a CIFAR-10 tarball of a few images, and the bindings that
-shrink gin/cifar_*.gin to seconds on a CPU."""
+"""Tiny stand-ins in the true file formats for the image configs (tests only): EDM pickles of
+32x32 and 64x64 SongUNets with 8 channels, a CIFAR-10 tarball and an EDM dataset_tool zip of a
+few images, and the bindings that shrink gin/cifar_*.gin and gin/ffhq64_*.gin to seconds on a CPU."""
 
+import io
+import json
+import zipfile
 from pathlib import Path
 
+import numpy as np
+import PIL.Image
 import torch
 
 from precondlab.nets.songunet import SongUNet
@@ -26,6 +31,41 @@ def write_cifar_fixture(root: Path) -> tuple[Path, Path]:
     pkl = root / "edm-tiny-cifar10-32x32-uncond-vp.pkl"
     write_edm_pickle(pkl, net, root / "marker", "EDMPrecond", record_kwargs=TINY_NET)
     return pkl, data
+
+
+def write_dataset_tool_zip(path: Path, n: int, resolution: int, labels: list | None = None) -> Path:
+    """A zip as EDM's dataset_tool.py writes it: 00000/img00000000.png ... and dataset.json
+    ({"labels": null} for an unlabelled dataset such as FFHQ)."""
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path, "w") as zf:
+        for i in range(n):
+            buf = io.BytesIO()
+            PIL.Image.fromarray(rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)).save(buf, "png")
+            zf.writestr(f"{i // 1000:05d}/img{i:08d}.png", buf.getvalue())
+        names = [f"{i // 1000:05d}/img{i:08d}.png" for i in range(n)]
+        zf.writestr("dataset.json", json.dumps({"labels": None if labels is None else
+                                                [[name, y] for name, y in zip(names, labels)]}))
+    return path
+
+
+# SongUNet attends at its lowest resolution: three levels put that at 16x16 (at 64x64, 4096
+# tokens, one forward of batch 8 took 0.5 s)
+FFHQ64_CHANNEL_MULT = [1, 1, 1]
+
+
+def write_ffhq64_fixture(root: Path) -> tuple[Path, Path]:
+    """(teacher .pkl, dataset zip) for gin/ffhq64_*.gin: EDMPrecond around a 64x64 DDPM++ SongUNet
+    with EDM's 9 augmentation labels, as edm-ffhq-64x64-uncond-vp.pkl is, at 8 channels."""
+    from test_edm_pkl import write_edm_pickle
+    root.mkdir(parents=True, exist_ok=True)
+    kwargs = {**TINY_NET, "img_resolution": 64, "augment_dim": 9, "channel_mult": FFHQ64_CHANNEL_MULT}
+    torch.manual_seed(0)
+    net = SongUNet(**kwargs).eval().requires_grad_(False)
+    pkl = root / "edm-tiny-ffhq-64x64-uncond-vp.pkl"
+    write_edm_pickle(pkl, net, root / "marker", "EDMPrecond", record_kwargs=kwargs)
+    # FFHQ has no labels; these serve the tests' offline FID stand-in (fid.feature_extractor =
+    # 'classifier', trained on a labelled dataset), not the config, whose Inception needs none
+    return pkl, write_dataset_tool_zip(root / "ffhq-64x64.zip", 12, 64, labels=[i % 3 for i in range(12)])
 
 
 def tiny_image_bindings(cache: Path) -> list[str]:

@@ -58,6 +58,13 @@ def setup_bindings(gin_file: Path, tmp_path: Path) -> tuple[str, list[str], str]
         extra = tiny_image_bindings(tmp_path / "fid-cache") + [f"TEACHER_PKL = '{pkl}'", f"DATA_DIR = '{data}'",
                                                                f"ode.analytic.cache_dir = '{tmp_path / 'stats'}'"]
         return "run", [a for b in extra for a in ("--gin_bindings", b)], "fd_classifier/nfe2"
+    if name.startswith("ffhq64_"):
+        from image_fixtures import FFHQ64_CHANNEL_MULT, tiny_image_bindings, write_ffhq64_fixture
+        pkl, data = write_ffhq64_fixture(tmp_path)
+        extra = tiny_image_bindings(tmp_path / "fid-cache") + [
+            f"TEACHER_PKL = '{pkl}'", f"FFHQ_ZIP = '{data}'", f"CHANNEL_MULT = {tuple(FFHQ64_CHANNEL_MULT)}",
+            f"ode.analytic.cache_dir = '{tmp_path / 'stats'}'"]
+        return "run", [a for b in extra for a in ("--gin_bindings", b)], "fd_classifier/nfe2"
     if name.startswith("fashion_"):
         from image_fixtures import tiny_image_bindings, write_fashion_fixture
         ckpt, data = write_fashion_fixture(tmp_path)
@@ -77,8 +84,11 @@ def test_every_gin_file_runs(gin_file, tmp_path):
     runs = runs_in(tmp_path / "mlruns.db")           # the default store: ./mlruns.db
     assert [r.info.status for r in runs] == ["FINISHED"]
     assert (tmp_path / "mlartifacts").is_dir()
-    if not gin_file.name.startswith("toy_"):  # the tiny student has the fixture teacher's architecture
-        assert runs[0].data.params["student_init_copied_fraction"] == "1.0"
+    if not gin_file.name.startswith("toy_"):  # the tiny student has the fixture teacher's architecture:
+        # all of the teacher is copied but for EDM's augmentation-label embedding, which the FFHQ
+        # teacher has (as edm-ffhq-64x64-uncond-vp.pkl does) and which no student is given labels for
+        fraction = float(runs[0].data.params["student_init_copied_fraction"])
+        assert fraction == 1.0 if not gin_file.name.startswith("ffhq64_") else 0.99 < fraction < 1.0, fraction
 
 
 @pytest.mark.parametrize("name", ["fashion_ctm.gin", "fashion_analytic.gin"])
@@ -210,3 +220,46 @@ def test_a_dataset_of_another_shape_than_the_teacher_is_one_message(tmp_path):
     assert "(3, 32, 32)" in out.stderr and "dataset.fashion_mnist" in out.stderr and "(1, 32, 32)" in out.stderr
     assert "edm-tiny-cifar10-32x32-uncond-vp.pkl" in out.stderr
     assert not (tmp_path / "mlruns.db").exists()   # refused while building the experiment: no run
+
+
+def test_ffhq64_files_hold_the_64x64_recipe_and_a_missing_zip_says_how_to_make_it(tmp_path):
+    """gin/ffhq64_*.gin: EDM's FFHQ-64 teacher and data, CTM's 64x64 grid (N = 40, K = 39) and a
+    student of the teacher's architecture; the two files differ in the preconditioning only."""
+    import gin
+
+    from precondlab import config, experiment  # noqa: F401 (their configurables)
+    settings = {}
+    for name in ("ffhq64_ctm.gin", "ffhq64_analytic.gin"):
+        config.load([str(GIN / name)])
+        settings[name] = {"N": gin.query_parameter("objective.ctm.num_timesteps"),
+                          "K": gin.query_parameter("objective.ctm.max_jump"),
+                          "student": {k: gin.query_parameter(f"student.songunet.{k}")
+                                      for k in ("img_resolution", "channel_mult", "model_channels", "num_blocks",
+                                                "attn_resolutions")},
+                          "teacher": gin.query_parameter("teacher.edm_pkl.path"),
+                          "data": gin.query_parameter("dataset.image_folder.path"),
+                          "fid_reference": gin.query_parameter("fid.reference")}
+        gin.clear_config()
+    assert settings["ffhq64_ctm.gin"] == settings["ffhq64_analytic.gin"]
+    got = settings["ffhq64_ctm.gin"]
+    assert str(got["N"]) == "%NUM_TIMESTEPS" and got["K"] == 39
+    assert str(got["teacher"]) == "%TEACHER_PKL" and str(got["data"]) == "%FFHQ_ZIP"
+    assert got["fid_reference"] == "dataset"            # clean-fid has no 64x64 FFHQ statistics
+    config.load([str(GIN / "ffhq64_ctm.gin")])
+    values = {name: gin.query_parameter(f"%{name}") for name in
+              ("NUM_TIMESTEPS", "CHANNEL_MULT", "MODEL_CHANNELS", "NUM_BLOCKS", "ATTN_RESOLUTIONS", "IMG_RESOLUTION",
+               "TEACHER_PKL")}
+    gin.clear_config()
+    assert values == {"NUM_TIMESTEPS": 40, "CHANNEL_MULT": (1, 2, 2, 2), "MODEL_CHANNELS": 128, "NUM_BLOCKS": 4,
+                      "ATTN_RESOLUTIONS": (16,), "IMG_RESOLUTION": 64,
+                      "TEACHER_PKL": "checkpoints/edm-ffhq-64x64-uncond-vp.pkl"}   # EDM's FFHQ-64 DDPM++
+
+    from image_fixtures import tiny_image_bindings, write_ffhq64_fixture
+    pkl, _ = write_ffhq64_fixture(tmp_path)
+    missing = tmp_path / "datasets" / "ffhq-64x64.zip"
+    extra = tiny_image_bindings(tmp_path / "fid-cache") + [f"TEACHER_PKL = '{pkl}'", f"FFHQ_ZIP = '{missing}'"]
+    out = cli("run", str(GIN / "ffhq64_analytic.gin"), *[a for b in extra for a in ("--gin_bindings", b)],
+              "--no-progress", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and f"{missing} does not exist" in out.stderr
+    assert "dataset_tool.py --source=downloads/ffhq/images1024x1024 --dest=datasets/ffhq-64x64.zip" in out.stderr

@@ -94,14 +94,15 @@ def write_edm_pickle(path, net: SongUNet, marker, precond: str = "VPPrecond", mo
         model = _as_edm(net, reconstruct, src, kwargs)
         model.class_name = model_class
         top = nn.Module().__getstate__()
-        top.update(training=False, _modules={"model": model}, img_resolution=8, img_channels=3, label_dim=0,
+        res, channels = kwargs.get("img_resolution", 8), kwargs.get("in_channels", 3)
+        top.update(training=False, _modules={"model": model}, img_resolution=res, img_channels=channels, label_dim=0,
                    use_fp16=False, _init_args=())
         top.update(extra_state or {})
         if precond == "VPPrecond":
             top.update(beta_d=19.9, beta_min=0.1, M=1000, epsilon_t=1e-5, sigma_min=0.001, sigma_max=152.0)
         else:
             top.update(sigma_min=0, sigma_max=float("inf"), sigma_data=0.5)
-        top["_init_kwargs"] = dict(img_resolution=8, img_channels=3, label_dim=0, use_fp16=False,
+        top["_init_kwargs"] = dict(img_resolution=res, img_channels=channels, label_dim=0, use_fp16=False,
                                    model_type=model_class, **{k: v for k, v in kwargs.items()
                                                               if k not in ("img_resolution", "in_channels",
                                                                            "out_channels", "label_dim")})

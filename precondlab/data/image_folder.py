@@ -55,7 +55,8 @@ class ImageFolder(ImageDataset):
     def __init__(self,
                  path=None,                     # a folder or a .zip file
                  resolution: int | None = None,  # if given, every image must be this size square
-                 limit: int | None = None):     # keep the first `limit` images in sorted order
+                 limit: int | None = None,      # keep the first `limit` images in sorted order
+                 how_to_make: str = ""):        # said when `path` is missing (a config names its recipe)
         if path is None:
             raise ValueError("dataset.image_folder needs `path`: bind "
                              "dataset.image_folder.path = '/data/cifar10-32x32.zip'")
@@ -76,7 +77,8 @@ class ImageFolder(ImageDataset):
                                    f"with EDM's dataset_tool.py.") from exc
         else:
             raise DatasetError(f"{self.path} does not exist. Point dataset.image_folder.path at a folder "
-                               f"or .zip of PNG/JPEG images (EDM's dataset_tool.py makes one).")
+                               f"or .zip of PNG/JPEG images (EDM's dataset_tool.py makes one)"
+                               + (f"; to make this one: {how_to_make}" if how_to_make else "."))
         super().__init__(images, labels, name=f"image_folder:{self.path.name}")
 
     def _load(self, names, read, resolution, limit):
