@@ -301,6 +301,11 @@ def _train(exp: Experiment, config: ParsedConfig, log, phases: Phases, report, b
         student = exp.student(dim=teacher.dim)
     except validation.SettingError as exc:
         raise ConfigError(f"{', '.join(config.files) or 'config'}: {user_message(exc)}") from None
+    if getattr(student, "label_dim", 0) != getattr(teacher, "label_dim", 0):
+        raise ConfigError(f"{', '.join(config.files) or 'config'}: the teacher has {teacher.label_dim} classes, the "
+                          f"student {getattr(student, 'label_dim', 0)}: a class-conditional teacher needs a student "
+                          f"of its classes (student.songunet.label_dim = {teacher.label_dim}), an unconditional one "
+                          f"label_dim = 0")
 
     log.tags(component_tags(exp))
     if resumed is None:

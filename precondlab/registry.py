@@ -37,13 +37,14 @@ import gin
 # The call contract of each kind, shown by `precondlab list` (detectron2 style); in full: docs/plugins.md.
 KINDS: dict[str, str] = {
     "schedule": "called with its gin parameters; returns a Schedule (alpha, sigma, lambda, Karras grid).",
-    "teacher": "called with its gin parameters; returns a Teacher (denoiser D(x, t), data sampler, schedule).",
+    "teacher": "called with its gin parameters; returns a Teacher (denoiser D(x, t), data sampler, schedule; "
+               "label_dim > 0: class-conditional, D(x, t, class_labels=) and sample_data).",
     "ode": "called with its gin parameters; returns an ODEGeneralization; .fit(teacher) gives l(lambda), s(lambda).",
     "preconditioner": "called with its gin parameters; returns a Preconditioner: f(t, s), g(t, s) with "
                       "f(t, t) = 1, g(t, t) = 0, and jump().",
     "student": "called with (dim=...) and gin parameters; returns an nn.Module F(x, c_noise_t, c_noise_s).",
     "objective": "called with its gin parameters; returns an Objective: objective(student, target, precond, "
-                 "teacher, x0, generator) -> (loss, logs).",
+                 "teacher, x0, generator[, class_labels=]) -> (loss, logs).",
     "loss": "called with its gin parameters; returns a callable distance(a, b) -> per-example tensor.",
     "sampler": "a function sampler(jump, x, ts, *, generator=None, **kw) -> samples (k-diffusion style).",
     "dataset": "called with its gin parameters; returns a finite point set or image dataset.",

@@ -33,6 +33,22 @@ def write_cifar_fixture(root: Path) -> tuple[Path, Path]:
     return pkl, data
 
 
+def write_cifar_cond_fixture(root: Path) -> tuple[Path, Path]:
+    """(teacher .pkl, data dir) for gin/cifar_cond_*.gin: what edm-cifar10-32x32-cond-vp.pkl is,
+    EDMPrecond around a DDPM++ SongUNet with 10 classes, at 8 channels."""
+    from test_datasets import write_cifar_tarball
+    from test_edm_pkl import write_edm_pickle
+    data = root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    write_cifar_tarball(data / "cifar-10-python.tar.gz")
+    kwargs = {**TINY_NET, "label_dim": 10}
+    torch.manual_seed(0)
+    net = SongUNet(**kwargs).eval().requires_grad_(False)
+    pkl = root / "edm-tiny-cifar10-32x32-cond-vp.pkl"
+    write_edm_pickle(pkl, net, root / "marker", "EDMPrecond", record_kwargs=kwargs)
+    return pkl, data
+
+
 def write_dataset_tool_zip(path: Path, n: int, resolution: int, labels: list | None = None) -> Path:
     """A zip as EDM's dataset_tool.py writes it: 00000/img00000000.png ... and dataset.json
     ({"labels": null} for an unlabelled dataset such as FFHQ)."""

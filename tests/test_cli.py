@@ -53,8 +53,8 @@ def setup_bindings(gin_file: Path, tmp_path: Path) -> tuple[str, list[str], str]
     if name.startswith("toy_"):
         return "run", bindings(), "traj_mse/nfe2"
     if name.startswith("cifar_"):
-        from image_fixtures import tiny_image_bindings, write_cifar_fixture
-        pkl, data = write_cifar_fixture(tmp_path)
+        from image_fixtures import tiny_image_bindings, write_cifar_cond_fixture, write_cifar_fixture
+        pkl, data = (write_cifar_cond_fixture if name.startswith("cifar_cond_") else write_cifar_fixture)(tmp_path)
         extra = tiny_image_bindings(tmp_path / "fid-cache") + [f"TEACHER_PKL = '{pkl}'", f"DATA_DIR = '{data}'",
                                                                f"ode.analytic.cache_dir = '{tmp_path / 'stats'}'"]
         return "run", [a for b in extra for a in ("--gin_bindings", b)], "fd_classifier/nfe2"
@@ -87,6 +87,8 @@ def test_every_gin_file_runs(gin_file, tmp_path):
     if not gin_file.name.startswith("toy_"):  # the tiny student has the fixture teacher's architecture:
         # all of the teacher is copied but for EDM's augmentation-label embedding, which the FFHQ
         # teacher has (as edm-ffhq-64x64-uncond-vp.pkl does) and which no student is given labels for
+        if gin_file.name.startswith("cifar_cond_"):   # EDM's labels in (the run fails without them), uniform out
+            assert runs[0].data.params["eval.class_labels"] == "uniform over 10 classes (EDM's generate.py)"
         fraction = float(runs[0].data.params["student_init_copied_fraction"])
         assert fraction == 1.0 if not gin_file.name.startswith("ffhq64_") else 0.99 < fraction < 1.0, fraction
 
@@ -263,3 +265,14 @@ def test_ffhq64_files_hold_the_64x64_recipe_and_a_missing_zip_says_how_to_make_i
     assert out.returncode == 2, out.stderr[-3000:]
     assert "Traceback" not in out.stderr and f"{missing} does not exist" in out.stderr
     assert "dataset_tool.py --source=downloads/ffhq/images1024x1024 --dest=datasets/ffhq-64x64.zip" in out.stderr
+
+
+def test_a_conditional_teacher_with_an_unconditional_student_is_one_message(tmp_path):
+    from image_fixtures import tiny_image_bindings, write_cifar_cond_fixture
+    pkl, data = write_cifar_cond_fixture(tmp_path)
+    extra = tiny_image_bindings(tmp_path / "fid-cache") + [f"TEACHER_PKL = '{pkl}'", f"DATA_DIR = '{data}'"]
+    out = cli("run", str(GIN / "cifar_ctm.gin"), *[a for b in extra for a in ("--gin_bindings", b)], "--no-progress",
+              cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    assert "the teacher has 10 classes, the student 0" in out.stderr and "student.songunet.label_dim = 10" in out.stderr

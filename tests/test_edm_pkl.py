@@ -95,14 +95,15 @@ def write_edm_pickle(path, net: SongUNet, marker, precond: str = "VPPrecond", mo
         model.class_name = model_class
         top = nn.Module().__getstate__()
         res, channels = kwargs.get("img_resolution", 8), kwargs.get("in_channels", 3)
-        top.update(training=False, _modules={"model": model}, img_resolution=res, img_channels=channels, label_dim=0,
-                   use_fp16=False, _init_args=())
+        label_dim = kwargs.get("label_dim", 0)
+        top.update(training=False, _modules={"model": model}, img_resolution=res, img_channels=channels,
+                   label_dim=label_dim, use_fp16=False, _init_args=())
         top.update(extra_state or {})
         if precond == "VPPrecond":
             top.update(beta_d=19.9, beta_min=0.1, M=1000, epsilon_t=1e-5, sigma_min=0.001, sigma_max=152.0)
         else:
             top.update(sigma_min=0, sigma_max=float("inf"), sigma_data=0.5)
-        top["_init_kwargs"] = dict(img_resolution=res, img_channels=channels, label_dim=0, use_fp16=False,
+        top["_init_kwargs"] = dict(img_resolution=res, img_channels=channels, label_dim=label_dim, use_fp16=False,
                                    model_type=model_class, **{k: v for k, v in kwargs.items()
                                                               if k not in ("img_resolution", "in_channels",
                                                                            "out_channels", "label_dim")})
@@ -118,9 +119,9 @@ def write_edm_pickle(path, net: SongUNet, marker, precond: str = "VPPrecond", mo
             pickle.dump(data, f, protocol=4)  # EDM: plain pickle.dump under Python 3.8 (protocol 4)
 
 
-def _random_net(seed: int = 0) -> SongUNet:
+def _random_net(seed: int = 0, **changes) -> SongUNet:
     torch.manual_seed(seed)
-    net = SongUNet(**MODEL_KWARGS)
+    net = SongUNet(**{**MODEL_KWARGS, **changes})
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, value in sorted(net.state_dict().items()):
@@ -265,9 +266,10 @@ def test_missing_file_names_path_and_url(tmp_path):
     assert EDM_URL == "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/"
 
 
-def _edm_wrapper_float32(net, precond: str, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def _edm_wrapper_float32(net, precond: str, x: torch.Tensor, sigma: torch.Tensor, class_labels=None) -> torch.Tensor:
     """EDM's VPPrecond / VEPrecond / EDMPrecond.forward as training/networks.py writes them:
-    x and sigma cast to float32, every scaling in float32, VP's label via log(1 + sigma^2)."""
+    x and sigma cast to float32, every scaling in float32, VP's label via log(1 + sigma^2), class
+    labels (a conditional net) as float32 rows of label_dim."""
     x = x.to(torch.float32)
     sigma = sigma.to(torch.float32).reshape(-1, 1, 1, 1)
     if precond == "VPPrecond":
@@ -280,7 +282,8 @@ def _edm_wrapper_float32(net, precond: str, x: torch.Tensor, sigma: torch.Tensor
         c_out = sigma * 0.5 / (sigma ** 2 + 0.25).sqrt()
         c_in = 1 / (0.25 + sigma ** 2).sqrt()
         c_noise = sigma.log() / 4
-    return c_skip * x + c_out * net(c_in * x, c_noise.flatten()).to(torch.float32)
+    labels = None if class_labels is None else class_labels.to(torch.float32).reshape(-1, net.label_dim)
+    return c_skip * x + c_out * net(c_in * x, c_noise.flatten(), class_labels=labels).to(torch.float32)
 
 
 @pytest.mark.parametrize("precond", ["VPPrecond", "EDMPrecond", "VEPrecond"])
@@ -314,10 +317,10 @@ def test_unsupported_or_mismatched_networks(tmp_path, written):
     write_edm_pickle(iddpm, written["net"], written["marker"], precond="iDDPMPrecond")
     with pytest.raises(CheckpointError, match="iDDPMPrecond, not supported: its noise levels are rounded"):
         edm_pkl(str(iddpm))
-    cond = tmp_path / "edm-cond.pkl"   # EDM would feed it zero labels: never silently
-    write_edm_pickle(cond, written["net"], written["marker"], precond="EDMPrecond", extra_state={"label_dim": 10})
-    with pytest.raises(CheckpointError, match=r"class-conditional network \(label_dim = 10"):
-        edm_pkl(str(cond))
+    torn = tmp_path / "edm-torn.pkl"   # a wrapper and a network that disagree on the classes
+    write_edm_pickle(torn, written["net"], written["marker"], precond="EDMPrecond", extra_state={"label_dim": 10})
+    with pytest.raises(CheckpointError, match=r"the wrapper says label_dim = 10, its network 0"):
+        edm_pkl(str(torn))
     fp16 = tmp_path / "edm-fp16.pkl"
     write_edm_pickle(fp16, written["net"], written["marker"], precond="EDMPrecond", extra_state={"use_fp16": True})
     with pytest.warns(UserWarning, match="runs its network in float32"):
@@ -382,3 +385,56 @@ def test_a_dataset_of_another_shape_fails_at_construction(tmp_path, written):
     rgb8 = ImageDataset(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), name="rgb8")
     teacher = state_dict_teacher(str(tmp_path / "w.pt"), precond="vp", dataset=rgb8, **kwargs)
     assert teacher.sample_x0(2).shape == (2, 3, 8, 8) and teacher.source == str(tmp_path / "w.pt")
+
+
+# -- class-conditional networks (edm-cifar10-32x32-cond-vp.pkl, EDMPrecond around DDPM++) --------
+@pytest.fixture(scope="module")
+def written_cond(tmp_path_factory):
+    root = tmp_path_factory.mktemp("edm-cond")
+    net = _random_net(1, label_dim=4)
+    out = {"net": net, "marker": root / "module_src_ran"}
+    for precond in ("VPPrecond", "EDMPrecond"):
+        out[precond] = root / f"edm-tiny-cond-{precond}.pkl"
+        write_edm_pickle(out[precond], net, out["marker"], precond, record_kwargs={**MODEL_KWARGS, "label_dim": 4})
+    return out
+
+
+def _one_hot(classes, label_dim=4):
+    return torch.nn.functional.one_hot(torch.tensor(classes), label_dim).to(torch.float64)
+
+
+@pytest.mark.parametrize("precond", ["VPPrecond", "EDMPrecond"])
+def test_class_conditional_denoise_equals_edms_wrapper_with_labels(written_cond, written, precond):
+    teacher = edm_pkl(str(written_cond[precond]))
+    assert teacher.label_dim == 4 and not written_cond["marker"].exists()
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    sigma = torch.tensor([0.002, 0.5, 80.0], dtype=torch.float64)
+    x_t, labels = x * (1 + sigma[:, None, None, None]), _one_hot([0, 3, 1])
+    want = _edm_wrapper_float32(written_cond["net"], precond, x_t, sigma, labels)
+    got = teacher.denoise(x_t, sigma, class_labels=labels)
+    assert ((got.float() - want).abs().amax() / want.abs().amax()).item() <= 1e-5
+    other = teacher.denoise(x_t, sigma, class_labels=_one_hot([1, 0, 2]))   # the label matters
+    assert (other - got)[1:].abs().amax() > 1e-3 * got.abs().amax()
+    with pytest.raises(ValueError, match=r"class-conditional \(4 classes\): its denoiser needs class_labels"):
+        teacher.denoise(x_t, sigma)                                           # EDM would answer for zeros
+    with pytest.raises(ValueError, match=r"one-hot of shape \(N, label_dim\) = \(3, 4\), got \(3, 3\)"):
+        teacher.denoise(x_t, sigma, class_labels=labels[:, :3])
+    with pytest.raises(ValueError, match="is unconditional: it takes no class_labels"):
+        edm_pkl(str(written["EDMPrecond"])).denoise(x_t, sigma, class_labels=labels)
+
+
+def test_class_conditional_teacher_draws_each_image_with_its_label(tmp_path, written_cond):
+    from precondlab.data.images import DatasetError, ImageDataset
+    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    data = ImageDataset(images, labels=[0, 1, 2, 3, 1, 2], name="tiny-labelled")
+    teacher = edm_pkl(str(written_cond["EDMPrecond"]), dataset=data)
+    x0, labels = teacher.sample_data(32, torch.Generator().manual_seed(3))
+    assert labels.shape == (32, 4) and labels.dtype == torch.float32 and bool((labels.sum(1) == 1).all())
+    torch.testing.assert_close(x0, teacher.sample_x0(32, torch.Generator().manual_seed(3)))   # the same draws
+    for row, label in zip(x0, labels.argmax(1)):   # each image comes with its own label
+        (match,) = [i for i in range(6) if torch.equal(row, images[i].double() / 127.5 - 1)]
+        assert data.labels[match] == label
+    with pytest.raises(DatasetError, match="has no labels, but the teacher is class-conditional"):
+        edm_pkl(str(written_cond["EDMPrecond"]), dataset=ImageDataset(images, name="unlabelled"))
+    with pytest.raises(DatasetError, match=r"labels run from 0 to 5, but the teacher knows 4 classes"):
+        edm_pkl(str(written_cond["EDMPrecond"]), dataset=ImageDataset(images, labels=[0, 1, 2, 3, 4, 5]))

@@ -36,6 +36,36 @@ def test_teacher_steps_equal_per_example_solves(masked):
         torch.testing.assert_close(out[i:i + 1], solve(teacher, x[i:i + 1], ts, "heun"))
 
 
+class LabelledGMM(GMMTeacher):
+    """A class-conditional stand-in: the GMM's denoiser moved by a per-class offset."""
+
+    label_dim = 2
+
+    def denoise(self, x, t, class_labels=None):
+        from precondlab.teachers.base import check_labels
+        check_labels(self, x, class_labels)
+        offsets = torch.tensor([[0.3, -0.2, 0.1], [-0.4, 0.0, 0.25]], dtype=x.dtype)
+        return super().denoise(x, t) + class_labels.to(x.dtype) @ offsets
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_teacher_steps_carry_each_examples_label(masked):
+    """The CPU way reorders the examples by k: each label must move with its example."""
+    teacher = LabelledGMM(dim=3, num_components=4, seed=2)
+    grid = teacher.schedule.karras(10)
+    g = torch.Generator().manual_seed(1)
+    x = 10 * torch.randn(12, 3, generator=g, dtype=torch.float64)
+    start = torch.randint(0, 6, (12,), generator=g)
+    k = 1 + torch.randint(0, 3, (12,), generator=g)
+    labels = torch.nn.functional.one_hot(torch.randint(0, 2, (12,), generator=g), 2).double()
+    out = teacher_steps(teacher, x, grid, start, k, max_k=5, masked=masked, class_labels=labels)
+    for i in range(12):
+        ts = grid[int(start[i]): int(start[i] + k[i]) + 1].tolist()
+        torch.testing.assert_close(out[i:i + 1], solve(teacher, x[i:i + 1], ts, "heun", class_labels=labels[i:i + 1]))
+    with pytest.raises(ValueError, match="class-conditional"):
+        teacher_steps(teacher, x, grid, start, k, max_k=5, masked=masked)
+
+
 # -- the draws ------------------------------------------------------------------------------
 def ctm_pmf(N: int, K: int) -> dict:
     """The math note's distribution, written out: p(k) ∝ k on 1..K, n ~ U{0..N-1-k}, m ~ U{n+k..N-1}."""

@@ -41,7 +41,7 @@ WHERE = [
     (r"precondlab sweep sweeps/toy_precond\.toml",
      "tests/test_sweep.py::test_asha_sweep_logs_child_runs_stops_bad_arms_and_writes_best_gin"),
     (r"precondlab sweep sweeps/toy_precond\.toml --address HOST:6379",
-     "tests/test_sweep.py::test_a_two_node_cluster_with_token_auth_runs_a_multi_worker_run_and_sweep"),
+     "tests/test_cluster.py::test_a_two_node_cluster_with_token_auth_runs_a_multi_worker_run_and_sweep"),
     (r"precondlab sweep sweeps/toy_precond\.toml --resume",
      "tests/test_sweep.py::test_resume_continues_an_interrupted_sweep_without_redoing_finished_trials"),
     (r"torchrun --standalone --nproc_per_node \d+ -m precondlab run .*",
@@ -49,10 +49,10 @@ WHERE = [
     (r"srun .* torchrun .* -m precondlab run .*", "not here (no SLURM): its torchrun runs in "
      "tests/test_distributed.py::test_a_two_rank_run_and_its_resume_on_one_and_four_ranks"),
     (r"precondlab run gin/\w+\.gin --workers \d+( --gpus-per-worker \d+)?( --address HEAD:6379)?",
-     "tests/test_sweep.py::test_a_two_node_cluster_with_token_auth_runs_a_multi_worker_run_and_sweep"),
+     "tests/test_cluster.py::test_a_two_node_cluster_with_token_auth_runs_a_multi_worker_run_and_sweep"),
     (r"wget -P checkpoints https://\S+", "not here (needs the internet): the URL is the one precondlab's "
      "missing-checkpoint message gives, checked below"),
-    (r"precondlab run gin/(cifar|fashion|ffhq64)_analytic\.gin", "tests/test_cli.py::test_every_gin_file_runs"),
+    (r"precondlab run gin/(cifar|cifar_cond|fashion|ffhq64)_analytic\.gin", "tests/test_cli.py::test_every_gin_file_runs"),
     (r"precondlab train-teacher gin/teachers/fashion_teacher\.gin --output \S+",
      "tests/test_teacher_training.py::test_train_teacher_cli_then_load_as_state_dict_teacher"),
     (r"precondlab check preconditioner variance", "here"),

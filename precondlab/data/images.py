@@ -92,6 +92,29 @@ class ImageDataset(Dataset):
         idx = torch.randint(len(self), (n,), generator=generator)
         return to_unit_range(self.images[idx], torch.float64)
 
+    def sample_labelled(self, n: int, label_dim: int,
+                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """sample_x0's n images (the same draws) with their labels one-hot, float32 (n, label_dim):
+        what EDM's dataset hands a class-conditional network."""
+        self.check_labels(label_dim)
+        idx = torch.randint(len(self), (n,), generator=generator)
+        return to_unit_range(self.images[idx], torch.float64), torch.nn.functional.one_hot(
+            self.labels[idx], label_dim).to(torch.float32)
+
+    def check_labels(self, label_dim: int) -> None:
+        """The dataset's labels are class indices below label_dim (a conditional teacher's classes)."""
+        if self.labels is None:
+            raise DatasetError(f"{self.name} has no labels, but the teacher is class-conditional ({label_dim} "
+                               f"classes): use its labelled dataset (EDM's dataset_tool.py writes them to "
+                               f"dataset.json) or an unconditional teacher")
+        if self.labels.dtype != torch.int64 or self.labels.ndim != 1:
+            raise DatasetError(f"{self.name}: labels must be class indices, got {self.labels.dtype} of shape "
+                               f"{tuple(self.labels.shape)}")
+        low, high = int(self.labels.min()), int(self.labels.max())
+        if low < 0 or high >= label_dim:
+            raise DatasetError(f"{self.name}: labels run from {low} to {high}, but the teacher knows {label_dim} "
+                               f"classes (0 .. {label_dim - 1}): bind the dataset it was trained on")
+
     def as_tensor(self, dtype=torch.float64) -> torch.Tensor:
         """All images in [-1, 1] as one tensor, e.g. the points of an empirical teacher."""
         return to_unit_range(self.images, dtype)

@@ -23,6 +23,7 @@ method, the probes, the seed and the dtype; a later fit with the same key loads 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -37,6 +38,7 @@ from precondlab.fileio import atomic_write
 from precondlab.hashing import update_with_tensor
 from precondlab.odes.base import ODECoefficients, ODEGeneralization
 from precondlab.registry import register
+from precondlab.teachers.base import sample_data
 
 
 def jacobian_trace(denoise, x: torch.Tensor, t: torch.Tensor, method: str, probes: int,
@@ -127,7 +129,7 @@ class AnalyticODE(ODEGeneralization):
         sched = teacher.schedule
         gen = torch.Generator().manual_seed(self.seed)
         method = self._method(teacher)
-        x0 = teacher.sample_x0(self.num_samples, gen)
+        x0, labels = sample_data(teacher, self.num_samples, gen)   # labels: a class-conditional teacher's
         dtype = getattr(teacher, "dtype", None)
         if isinstance(dtype, torch.dtype) and dtype != x0.dtype:
             x0 = x0.to(dtype)  # a network teacher declares its dtype (e.g. float32: no float64 on some devices)
@@ -148,9 +150,11 @@ class AnalyticODE(ODEGeneralization):
                 cached.info["key_digest"] = digest
                 return cached
 
-        def batches():
+        def batches():   # (x0, noise, the denoiser with each example's label bound, if any)
             for i in range(0, self.num_samples, self.batch_size):
-                yield x0[i:i + self.batch_size].to(dev), noise[i:i + self.batch_size].to(dev)
+                denoise = teacher.denoise if labels is None else functools.partial(
+                    teacher.denoise, class_labels=labels[i:i + self.batch_size].to(dev))
+                yield x0[i:i + self.batch_size].to(dev), noise[i:i + self.batch_size].to(dev), denoise
 
         # Pass 1: l_t = E tr(grad D) / d on the (uniform) grid plus two points beyond each end, so
         # that dl/dlambda is a 4th-order central difference everywhere: one-sided or 2nd-order
@@ -162,13 +166,13 @@ class AnalyticODE(ODEGeneralization):
         for i, t in enumerate(sched.t_of_lam(lam_ext)):
             shown.update(1)
             total = 0.0
-            for xb, nb in batches():
+            for xb, nb, denoise in batches():
                 x = sched.add_noise(xb, t, nb)
                 tt = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=dev)
-                if method == "exact" and hasattr(teacher, "denoiser_trace"):
+                if method == "exact" and hasattr(teacher, "denoiser_trace") and labels is None:
                     tr, n_jvp = teacher.denoiser_trace(x, tt), 1   # a closed form (GMM): exact, one pass
                 else:
-                    tr, n_jvp = jacobian_trace(teacher.denoise, x, tt, method, self.probes, gen, self.batch_size)
+                    tr, n_jvp = jacobian_trace(denoise, x, tt, method, self.probes, gen, self.batch_size)
                 total += float(tr.sum())
                 evals += n_jvp * x.shape[0]
             l_ext[i] = total / (self.num_samples * teacher.dim)
@@ -180,11 +184,11 @@ class AnalyticODE(ODEGeneralization):
         for i, t in enumerate(ts):
             shown.update(1)
             num = den = 0.0
-            for xb, nb in batches():
+            for xb, nb, denoise in batches():
                 x = sched.add_noise(xb, t, nb)
                 tt = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=dev)
-                D = teacher.denoise(x, tt)
-                _, dD = jvp(teacher.denoise, (x, tt), (D - x, -tt))      # dt/dlambda = -t (EDM)
+                D = denoise(x, tt)
+                _, dD = jvp(denoise, (x, tt), (D - x, -tt))      # dt/dlambda = -t (EDM)
                 g = D - l[i] * x
                 dg = dD - dl[i] * x - l[i] * (D - x)
                 num += float((g * dg).sum())

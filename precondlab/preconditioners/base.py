@@ -25,6 +25,15 @@ def edm_scalings(t: torch.Tensor, sigma_data: float):
     return c_skip, c_out, c_in, c_noise
 
 
+def call_net(net, x: torch.Tensor, c_noise_t: torch.Tensor, c_noise_s: torch.Tensor,
+             class_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """The raw network F(x, c_noise_t, c_noise_s), with class_labels only when there are some
+    (an unconditional student, e.g. the MLP, takes three arguments)."""
+    if class_labels is None:
+        return net(x, c_noise_t, c_noise_s)
+    return net(x, c_noise_t, c_noise_s, class_labels=class_labels)
+
+
 class Preconditioner:
     denoiser_form = True   # F stands for D(x_t, t) (forward) or D(x_s, s) (backward).
     uses_s = True          # False where s is pinned to sigma_min (CM).
@@ -73,19 +82,22 @@ class Preconditioner:
         return self.fit(teacher)
 
     # -- the student ---------------------------------------------------------------------
-    def network_output(self, net, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    def network_output(self, net, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
+                       class_labels: torch.Tensor | None = None) -> torch.Tensor:
         """F: by default CTM's EDM-scaled denoiser D_theta(x_t, t, s) (math note, section 3)."""
         c_skip, c_out, c_in, c_noise = edm_scalings(t, self.sigma_data)
         _, _, _, c_noise_s = edm_scalings(s, self.sigma_data)
-        F_x = net(_bcast(c_in, x) * x, c_noise, c_noise_s)
+        F_x = call_net(net, _bcast(c_in, x) * x, c_noise, c_noise_s, class_labels)
         return _bcast(c_skip, x) * x + _bcast(c_out, x) * F_x
 
-    def jump(self, net, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """G(x_t, t, s) = f x_t + g F."""
+    def jump(self, net, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
+             class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """G(x_t, t, s) = f x_t + g F (class_labels: a class-conditional student's one-hot labels)."""
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
         s = torch.as_tensor(s, dtype=x.dtype, device=x.device).expand(x.shape[0])
         f, g = self.fg(t, s)
-        F = self.network_output(net, x, t, s)
+        F = (self.network_output(net, x, t, s) if class_labels is None     # a plugin's network_output
+             else self.network_output(net, x, t, s, class_labels=class_labels))   # may take no labels
         return _bcast(f, x) * x + _bcast(g, x) * F
 
     def describe(self) -> dict:

@@ -1,6 +1,6 @@
 """Bidirectional consistency models (Li and He 2024), as in the authors' released code."""
 
-from precondlab.preconditioners.base import Preconditioner, _bcast, edm_scalings
+from precondlab.preconditioners.base import Preconditioner, _bcast, call_net, edm_scalings
 from precondlab.registry import register
 
 
@@ -18,7 +18,7 @@ class BCMPrecond(Preconditioner):
         sd = self.sigma_data
         return sd * (t - s) / (sd ** 2 + t ** 2).sqrt()
 
-    def network_output(self, net, x, t, s):
+    def network_output(self, net, x, t, s, class_labels=None):
         _, _, c_in, c_noise_t = edm_scalings(t, self.sigma_data)
         _, _, _, c_noise_s = edm_scalings(s, self.sigma_data)
-        return net(_bcast(c_in, x) * x, c_noise_t, c_noise_s)
+        return call_net(net, _bcast(c_in, x) * x, c_noise_t, c_noise_s, class_labels)

@@ -2,7 +2,7 @@
 
 import torch
 
-from precondlab.preconditioners.base import Preconditioner, _bcast
+from precondlab.preconditioners.base import Preconditioner, _bcast, call_net
 from precondlab.registry import register
 
 
@@ -21,7 +21,7 @@ class CMPrecond(Preconditioner):
         sd, eps = self.sigma_data, self.schedule.sigma_min
         return sd * (t - eps) / (sd ** 2 + t ** 2).sqrt()
 
-    def network_output(self, net, x, t, s):
+    def network_output(self, net, x, t, s, class_labels=None):
         c_in = 1 / (self.sigma_data ** 2 + t ** 2).sqrt()
         c_noise = t.log() / 4
-        return net(_bcast(c_in, x) * x, c_noise, torch.zeros_like(c_noise))
+        return call_net(net, _bcast(c_in, x) * x, c_noise, torch.zeros_like(c_noise), class_labels)

@@ -59,18 +59,25 @@ def describe_times(ts: Sequence[float]) -> str:
 
 
 def sample_student(sampler, precond, net, z, schedule, ts: Sequence[float], *, seed: int, device="cpu",
-                   dtype=torch.float32, batch_size: int | None = None) -> torch.Tensor:
+                   dtype=torch.float32, batch_size: int | None = None, class_labels=None) -> torch.Tensor:
     """k-step samples (k = len(ts) - 1) of the student G = precond.jump(net, ...) from x = sigma_max z
     along the times ts, with a generator seeded by seed + k (shared by every evaluator); on the CPU.
+    ``class_labels`` (a class-conditional student): one one-hot row per z, bound into the jump.
     In a multi-process run each rank samples its share of z, and every rank gets all the samples."""
     from precondlab.training import distributed
+    from precondlab.training.objectives import jump
     d = distributed.current()
     ts = [float(t) for t in ts]
-    jump = lambda x, t, s: precond.jump(net, x, t, s)  # noqa: E731
     gen = torch.Generator(device=device).manual_seed(seed + len(ts) - 1 + 7919 * d.rank)
     mine = d.rows(z)
+    labels = d.rows(class_labels) if class_labels is not None else None
     chunks = mine.split(batch_size) if batch_size else (mine,)
+    label_chunks = (labels.split(batch_size) if batch_size else (labels,)) if labels is not None else [None] * len(chunks)
+    out = []
     with torch.no_grad():
-        out = torch.cat([sampler(jump, (schedule.sigma_max * zb).to(device=device, dtype=dtype), ts,
-                                 generator=gen).cpu() for zb in chunks])
-    return d.gather_rows(out, len(z))
+        for zb, yb in zip(chunks, label_chunks):
+            y = yb.to(device=device, dtype=dtype) if yb is not None else None
+            step = lambda x, t, s: jump(precond, net, x, t, s, y)  # noqa: E731
+            out.append(sampler(step, (schedule.sigma_max * zb).to(device=device, dtype=dtype), ts,
+                               generator=gen).cpu())
+    return d.gather_rows(torch.cat(out), len(z))

@@ -25,6 +25,7 @@ class SongUNetStudent(SongUNet):
                  img_resolution: int = 32,                   # image side
                  in_channels: int = 3,                       # image channels
                  out_channels: int | None = None,            # default: in_channels
+                 label_dim: int = 0,                         # classes (the teacher's); 0: unconditional
                  model_channels: int = 128,                  # base channel count
                  channel_mult: Sequence[int] = (2, 2, 2),    # EDM's CIFAR-10 DDPM++
                  num_blocks: int = 4,                        # residual blocks per resolution
@@ -41,7 +42,7 @@ class SongUNetStudent(SongUNet):
             raise ValueError(f"student.songunet: dim={dim} but in_channels * img_resolution^2 = "
                              f"{in_channels} * {img_resolution}^2 = {expected}")
         super().__init__(img_resolution=img_resolution, in_channels=in_channels,
-                         out_channels=in_channels if out_channels is None else out_channels,
+                         out_channels=in_channels if out_channels is None else out_channels, label_dim=label_dim,
                          model_channels=model_channels, channel_mult=list(channel_mult),
                          channel_mult_emb=channel_mult_emb, num_blocks=num_blocks,
                          attn_resolutions=list(attn_resolutions), dropout=dropout,
@@ -49,8 +50,13 @@ class SongUNetStudent(SongUNet):
                          encoder_type=encoder_type, decoder_type=decoder_type,
                          resample_filter=list(resample_filter), s_conditioning=True)
 
-    def forward(self, x: torch.Tensor, c_noise_t: torch.Tensor, c_noise_s: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c_noise_t: torch.Tensor, c_noise_s: torch.Tensor,
+                class_labels: torch.Tensor | None = None) -> torch.Tensor:
         n, res = x.shape[0], self.img_resolution
+        if (class_labels is None) != (self.label_dim == 0):   # EDM's net would take zeros for a missing label
+            raise ValueError(f"SongUNetStudent with label_dim = {self.label_dim} got "
+                             f"{'no class_labels' if class_labels is None else 'class_labels'}: a class-conditional "
+                             f"student takes the teacher's one-hot labels, an unconditional one none")
         per_example = math.prod(x.shape[1:])
         if per_example != self.in_channels * res * res:
             raise ValueError(
@@ -62,7 +68,8 @@ class SongUNetStudent(SongUNet):
         img = x.reshape(n, self.in_channels, res, res).to(dtype)
         t = torch.as_tensor(c_noise_t, device=x.device).to(dtype).reshape(-1).expand(n)
         s = torch.as_tensor(c_noise_s, device=x.device).to(dtype).reshape(-1).expand(n)
-        out = super().forward(img, t, s).to(x.dtype)
+        labels = class_labels.to(device=x.device, dtype=dtype) if class_labels is not None else None
+        out = super().forward(img, t, s, class_labels=labels).to(x.dtype)
         return out.reshape(n, -1) if x.ndim == 2 else out
 
     def last_layer(self) -> nn.Parameter:

@@ -39,7 +39,7 @@ from precondlab.nets.songunet import SongUNet
 from precondlab.preconditioners.base import edm_scalings
 from precondlab.registry import register
 from precondlab.schedules import EDMSchedule, Schedule, _bcast
-from precondlab.teachers.base import Teacher
+from precondlab.teachers.base import Teacher, check_labels
 
 EDM_URL = "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/"
 DEFAULT_PKL = "edm-cifar10-32x32-uncond-vp.pkl"
@@ -252,13 +252,10 @@ def load_edm_checkpoint(path: str | Path, key: str = "ema") -> EDMCheckpoint:
     fields = ("sigma_data", "beta_d", "beta_min", "M", "epsilon_t", "sigma_min", "sigma_max", "label_dim", "use_fp16")
     params = {k: net.state[k] for k in fields if k in net.state}
     model_kwargs = _init_kwargs(model, path)
-    label_dim = max(int(params.get("label_dim") or 0), int(model_kwargs.get("label_dim") or 0))
-    if label_dim > 0:
-        # EDM's wrapper feeds zeros when no label is given: a conditional network would run, and
-        # silently be the wrong teacher (its zero-label output is no class's denoiser)
-        raise CheckpointError(f"{path}: a class-conditional network (label_dim = {label_dim}, e.g. "
-                              f"edm-cifar10-32x32-cond-vp.pkl); precondlab does not feed class labels yet. "
-                              f"Use an unconditional checkpoint (edm-*-uncond-*.pkl)")
+    label_dims = {int(params.get("label_dim") or 0), int(model_kwargs.get("label_dim") or 0)}
+    if len(label_dims) > 1:
+        raise CheckpointError(f"{path}: the wrapper says label_dim = {params.get('label_dim')}, its network "
+                              f"{model_kwargs.get('label_dim')}: not a snapshot EDM wrote")
     if params.get("use_fp16"):
         warnings.warn(f"{path}: the snapshot asks for float16 (use_fp16); precondlab runs its network in "
                       f"float32 (EDM's own CPU behaviour; on CUDA, EDM's float16 path is faster, not more exact)",
@@ -304,6 +301,11 @@ class EDMNetTeacher(Teacher):
     too. VPPrecond (EDM's ``baseline-*-vp.pkl``) feeds c_noise = (M - 1) * sigma_inv(sigma), a
     DDPM timestep in [0, 999]: a student initialised from such a teacher sees other noise labels
     (and c_in, c_out) than the teacher did and starts near, not at, it.
+
+    A class-conditional network (``label_dim > 0``, e.g. ``edm-cifar10-32x32-cond-vp.pkl``) takes
+    one-hot ``class_labels`` (N, label_dim) and refuses to run without them (EDM's wrapper would
+    silently answer for an all-zero label); its data must be labelled, and ``sample_data`` draws
+    each image's label with it.
     """
 
     def __init__(self,
@@ -327,6 +329,13 @@ class EDMNetTeacher(Teacher):
         self.net = net.to(device).eval().requires_grad_(False)
         self.precond, self.sigma_data, self.beta_d, self.beta_min, self.M = precond, sigma_data, beta_d, beta_min, M
         self.dataset, self.device = dataset, torch.device(device)
+        self.label_dim = int(net.label_dim)
+        if self.label_dim and dataset is not None:
+            if not hasattr(dataset, "sample_labelled"):
+                from precondlab.config import ConfigError
+                raise ConfigError(f"{self.source} is class-conditional ({self.label_dim} classes), but its dataset "
+                                  f"{type(dataset).__name__} cannot draw labelled images (sample_labelled)")
+            dataset.check_labels(self.label_dim)
 
     def sigma_inv(self, sigma: torch.Tensor) -> torch.Tensor:
         """VP: the t in [0, 1] whose sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1) is sigma.
@@ -343,14 +352,16 @@ class EDMNetTeacher(Teacher):
             return one, sigma, one, torch.log(0.5 * sigma)
         return edm_scalings(sigma, self.sigma_data)
 
-    def denoise(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        check_labels(self, x, class_labels)
         n = x.shape[0]
         # EDM's wrappers: x and sigma in float32, the network in its own dtype, D in float32
         img = x.reshape(n, *self.shape).to(self.device, torch.float32)
         sigma = torch.as_tensor(t).to(self.device, torch.float32).reshape(-1).expand(n)
         c_skip, c_out, c_in, c_noise = self.scalings(sigma)
         dtype = self.net.map_layer0.weight.dtype
-        F_x = self.net((_bcast(c_in, img) * img).to(dtype), c_noise.to(dtype))
+        labels = class_labels.to(self.device, torch.float32) if class_labels is not None else None
+        F_x = self.net((_bcast(c_in, img) * img).to(dtype), c_noise.to(dtype), class_labels=labels)
         D = _bcast(c_skip, img) * img + _bcast(c_out, img) * F_x.to(torch.float32)
         return D.to(x.device, x.dtype).reshape(x.shape)
 
@@ -360,6 +371,14 @@ class EDMNetTeacher(Teacher):
                 f"{type(self).__name__} ({self.source}) holds a network, not its data: bind a dataset "
                 f"with sample_x0(n, generator), e.g. teacher.edm_pkl.dataset = @dataset.<name>()")
         return self.dataset.sample_x0(n, generator).to("cpu", torch.float64).reshape(n, *self.shape)
+
+    def sample_data(self, n: int, generator: torch.Generator | None = None):
+        """(images, one-hot labels drawn with them) for a class-conditional network, else (images, None)."""
+        if not self.label_dim:
+            return self.sample_x0(n, generator), None
+        self.sample_x0(0)   # the missing-dataset message
+        x0, labels = self.dataset.sample_labelled(n, self.label_dim, generator)
+        return x0.to("cpu", torch.float64).reshape(n, *self.shape), labels
 
     @property
     def dtype(self) -> torch.dtype:
@@ -459,7 +478,8 @@ def edm_pkl(path: str = f"checkpoints/{DEFAULT_PKL}",  # an official EDM snapsho
             schedule: Schedule | None = None,            # time grid for students
             dataset: Any = None,                         # data sampler (sample_x0)
             device: str = "cpu") -> EDMNetTeacher:       # where the network runs
-    """An official EDM checkpoint (VP/VE/EDM wrapper, unconditional SongUNet) read safely; t = sigma."""
+    """An official EDM checkpoint (VP/VE/EDM wrapper around a SongUNet, unconditional or
+    class-conditional) read safely; t = sigma."""
     ckpt = load_edm_checkpoint(path, key)
     net = build_songunet(ckpt.model_kwargs, ckpt.state_dict, str(ckpt.path))
     keep = {k: ckpt.precond_params[k] for k in ("sigma_data", "beta_d", "beta_min", "M") if k in ckpt.precond_params}

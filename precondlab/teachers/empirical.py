@@ -6,7 +6,7 @@ import torch
 
 from precondlab.registry import register
 from precondlab.schedules import Schedule
-from precondlab.teachers.base import Teacher
+from precondlab.teachers.base import Teacher, check_labels
 
 
 @register("teacher", "empirical")
@@ -26,7 +26,9 @@ class EmpiricalTeacher(Teacher):
         self.dim = self.points.shape[1]
         self.chunk = chunk
 
-    def denoise(self, x, t):
+    def denoise(self, x, t, class_labels=None):
+        if class_labels is not None:
+            check_labels(self, x, class_labels)   # unconditional: refused with a message
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         flat = x.reshape(*x.shape[: x.ndim - len(self.shape)], self.dim)
         y = self.points.to(flat)

@@ -9,7 +9,7 @@ import torch
 
 from precondlab.registry import register
 from precondlab.schedules import Schedule
-from precondlab.teachers.base import Teacher
+from precondlab.teachers.base import Teacher, check_labels
 
 
 @register("teacher", "gmm")
@@ -65,9 +65,11 @@ class GMMTeacher(Teacher):
         logp = logw - 0.5 * (diff.square().sum(-1) / var + self.dim * var.log())
         return torch.softmax(logp, dim=-1), var, var0 / var, diff, logp
 
-    def denoise(self, x, t):
+    def denoise(self, x, t, class_labels=None):
         """D = sum_k r_k (mu_k + shrink_k (x - mu_k)), the posterior mean of x_0, summed as
         (r - r shrink) @ mu + (sum_k r_k shrink_k) x: no K x d product (12% of a training step's teacher)."""
+        if class_labels is not None:
+            check_labels(self, x, class_labels)   # unconditional: refused with a message
         r, _, shrink, _, _ = self._posterior(x, t)
         rs = r * shrink
         return (r - rs) @ self._tables(x)[0] + rs.sum(-1, keepdim=True) * x

@@ -11,23 +11,27 @@ import torch
 from precondlab.schedules import _bcast
 
 
-def euler_step(teacher, x, t, s):
-    return x + _bcast(s - t, x) * teacher.velocity(x, t)
+def _velocity(teacher, x, t, class_labels):
+    return teacher.velocity(x, t) if class_labels is None else teacher.velocity(x, t, class_labels)
 
 
-def heun_step(teacher, x, t, s):
+def euler_step(teacher, x, t, s, class_labels=None):
+    return x + _bcast(s - t, x) * _velocity(teacher, x, t, class_labels)
+
+
+def heun_step(teacher, x, t, s, class_labels=None):
     """EDM's Heun (2nd-order) step from t to s; s must be > 0 for the corrector."""
-    d_t = teacher.velocity(x, t)
+    d_t = _velocity(teacher, x, t, class_labels)
     x_euler = x + _bcast(s - t, x) * d_t
-    d_s = teacher.velocity(x_euler, s)
+    d_s = _velocity(teacher, x_euler, s, class_labels)
     return x + _bcast(s - t, x) * 0.5 * (d_t + d_s)
 
 
-def solve(teacher, x, ts, method: str = "heun"):
+def solve(teacher, x, ts, method: str = "heun", class_labels=None):
     """Integrate from ts[0] down through every ts[i] (shared grid for the batch)."""
     step = {"heun": heun_step, "euler": euler_step}[method]
     for t, s in zip(ts[:-1], ts[1:]):
-        x = step(teacher, x, t, s)
+        x = step(teacher, x, t, s, class_labels)
     return x
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from precondlab.errors import NonFiniteLossError
+from precondlab.teachers.base import sample_data
 
 
 @dataclass
@@ -78,15 +79,17 @@ def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def train_step(state: TrainState, s: StepSettings) -> tuple[torch.Tensor, dict]:
     """One optimiser step; returns the detached loss and the objective's logs."""
-    x0 = _to_device(s.teacher.sample_x0(s.batch_size, state.data_gen).to(torch.float32), s.device)
+    x0, labels = sample_data(s.teacher, s.batch_size, state.data_gen)   # labels: a conditional teacher's
+    x0 = _to_device(x0.to(torch.float32), s.device)
+    given = {} if labels is None else {"class_labels": _to_device(labels.to(torch.float32), s.device)}
     state.optimizer.zero_grad(set_to_none=True)
     autocast = torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.use_bf16)
     args = (s.model or state.student, state.target, s.precond, s.teacher, x0, state.noise_gen)
     if hasattr(s.objective, "backward"):   # precondlab's objectives (and their subclasses) save a backward pass
-        loss, logs = s.objective.backward(*args, autocast=autocast)
+        loss, logs = s.objective.backward(*args, autocast=autocast, **given)
     else:                                  # the registry's contract: objective(...) -> (loss, logs)
         with autocast:
-            loss, logs = s.objective(*args)
+            loss, logs = s.objective(*args, **given)
         loss.backward()
         loss = loss.detach()
     params = [p for p in state.student.parameters() if p.grad is not None]

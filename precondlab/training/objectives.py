@@ -22,30 +22,42 @@ from precondlab.teachers.solvers import euler_step, heun_step
 from precondlab.training.losses import l2
 
 
-def teacher_steps(teacher, x, grid, start, k, max_k: int, method="heun", masked: bool | None = None):
+def teacher_steps(teacher, x, grid, start, k, max_k: int, method="heun", masked: bool | None = None,
+                  class_labels=None):
     """Per-example k_i solver steps along the grid from index start_i (k may differ per example).
 
     On an accelerator: max_k masked steps over the whole batch, so that k is never read from the
     device (no host sync). On the CPU, where reading k costs nothing, the examples are ordered by
     k and step j moves only the k_i > j still moving: the same numbers with a third fewer rows
     for CTM's p(k) ∝ k (E[k] = 11.7 of 17 on N = 18). ``masked`` chooses a way (default: by device).
+    ``class_labels`` (a conditional teacher's, one row per example) go with their examples.
     """
     step = heun_step if method == "heun" else euler_step
     if not (x.device.type != "cpu" if masked is None else masked):
         order = torch.argsort(k, descending=True)
         moving = (k[order][None, :] > torch.arange(max_k, device=k.device)[:, None]).sum(1).tolist()
         xs, first = x[order], start[order]
+        ys = class_labels[order] if class_labels is not None else None
         for j, count in enumerate(moving):
             if count == 0:
                 break
-            xs[:count] = step(teacher, xs[:count], grid[first[:count] + j], grid[first[:count] + j + 1])
+            xs[:count] = step(teacher, xs[:count], grid[first[:count] + j], grid[first[:count] + j + 1],
+                              ys[:count] if ys is not None else None)
         return torch.empty_like(x).index_copy_(0, order, xs)
     last = len(grid) - 1
     for j in range(max_k):
         active = (j < k).reshape(-1, *([1] * (x.ndim - 1)))
         t, s = grid[(start + j).clamp(max=last)], grid[(start + j + 1).clamp(max=last)]
-        x = torch.where(active, step(teacher, x, t, s), x)
+        x = torch.where(active, step(teacher, x, t, s, class_labels), x)
     return x
+
+
+def jump(precond, net, x, t, s, class_labels=None):
+    """precond.jump(net, x, t, s), with class_labels only when there are some (a plugin's
+    preconditioner for unconditional students may not take them)."""
+    if class_labels is None:
+        return precond.jump(net, x, t, s)
+    return precond.jump(net, x, t, s, class_labels=class_labels)
 
 
 @dataclass
@@ -88,9 +100,10 @@ class Objective:
         self.dsm_weight, self.dsm_adaptive = dsm_weight, dsm_adaptive
         self.dsm_p_mean, self.dsm_p_std = dsm_p_mean, dsm_p_std
 
-    def backward(self, student, target, precond, teacher, x0, generator, autocast=None):
+    def backward(self, student, target, precond, teacher, x0, generator, autocast=None, class_labels=None):
         """One batch's loss (returned detached, with the logs) and its gradient, added to the
-        student's ``.grad``: what train_step calls. The forward passes run under ``autocast``.
+        student's ``.grad``: what train_step calls. The forward passes run under ``autocast``;
+        ``class_labels``: the batch's one-hot labels (a class-conditional teacher), one per example.
 
         The same numbers as ``__call__(...)[0].backward()``, with one backward pass fewer where the
         DSM weight is adaptive on a single process: the distillation term's full backward comes
@@ -104,11 +117,12 @@ class Objective:
         with autocast:
             grid = self.grid(precond.schedule, x0.device, x0.dtype)
             draw = self.sample(x0, grid.numel(), generator)
-            main, logs = self.loss(student, target, precond, teacher, x0, grid, draw)
+            main, logs = self.loss(student, target, precond, teacher, x0, grid, draw, class_labels)
             if not deferred:
-                loss = self.combine(student, precond, main, x0, generator, logs)
+                loss = self.combine(student, precond, main, x0, generator, logs, class_labels=class_labels)
             else:
-                dsm = self.dsm_loss(student, precond, x0, self.sample_dsm(x0, precond.schedule, generator))
+                dsm = self.dsm_loss(student, precond, x0, self.sample_dsm(x0, precond.schedule, generator),
+                                    class_labels)
         if not deferred:
             loss.backward()
             return loss.detach(), logs
@@ -124,12 +138,12 @@ class Objective:
     def grid(self, schedule, device, dtype):
         return schedule.karras(self.num_timesteps).to(device=device, dtype=dtype)
 
-    def __call__(self, student, target, precond, teacher, x0, generator):
+    def __call__(self, student, target, precond, teacher, x0, generator, class_labels=None):
         """(loss, logs) of one batch: the draws, the distillation loss, then the DSM term."""
         grid = self.grid(precond.schedule, x0.device, x0.dtype)
         draw = self.sample(x0, grid.numel(), generator)
-        main, logs = self.loss(student, target, precond, teacher, x0, grid, draw)
-        return self.combine(student, precond, main, x0, generator, logs), logs
+        main, logs = self.loss(student, target, precond, teacher, x0, grid, draw, class_labels)
+        return self.combine(student, precond, main, x0, generator, logs, class_labels=class_labels), logs
 
     # -- the DSM regulariser (CTM) -------------------------------------------------------
     def sample_dsm(self, x0, schedule, generator) -> DSMDraw:
@@ -139,20 +153,24 @@ class Objective:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         return DSMDraw(sigma, noise)
 
-    def dsm_loss(self, student, precond, x0, draw: DSMDraw):
+    def dsm_loss(self, student, precond, x0, draw: DSMDraw, class_labels=None):
         """EDM denoising loss on D_theta(x, sigma, sigma), weight (sigma^2 + sd^2)/(sigma sd)^2."""
         sigma = draw.sigma
-        denoised = precond.network_output(student, x0 + _bcast(sigma, x0) * draw.noise, sigma, sigma)
+        x = x0 + _bcast(sigma, x0) * draw.noise
+        denoised = (precond.network_output(student, x, sigma, sigma) if class_labels is None
+                    else precond.network_output(student, x, sigma, sigma, class_labels=class_labels))
         sd = precond.sigma_data
         weight = (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2
         return (weight * l2(denoised, x0)).mean()
 
-    def combine(self, student, precond, main, x0, generator, logs, dsm_draw: DSMDraw | None = None):
+    def combine(self, student, precond, main, x0, generator, logs, dsm_draw: DSMDraw | None = None,
+                class_labels=None):
         """main + DSM, the DSM weight adapted as in CTM when asked (``dsm_draw``: given draws instead
         of the generator's, e.g. one process's share of a batch)."""
         if not (self.dsm_weight > 0 and precond.denoiser_form):
             return main
-        dsm = self.dsm_loss(student, precond, x0, dsm_draw or self.sample_dsm(x0, precond.schedule, generator))
+        dsm = self.dsm_loss(student, precond, x0, dsm_draw or self.sample_dsm(x0, precond.schedule, generator),
+                            class_labels)
         weight = torch.as_tensor(self.dsm_weight, dtype=main.dtype)
         last = getattr(getattr(student, "module", student), "last_layer", None)   # through a DDP wrapper
         if self.dsm_adaptive and last is not None and main.requires_grad:
@@ -193,7 +211,7 @@ class CTMObjective(Objective):
         noise = torch.randn(x0.shape, generator=generator, device=dev, dtype=dt)
         return JumpDraw(n, k, m, noise)
 
-    def loss(self, student, target, precond, teacher, x0, grid, draw: JumpDraw):
+    def loss(self, student, target, precond, teacher, x0, grid, draw: JumpDraw, class_labels=None):
         if not precond.uses_s:
             raise ValueError(f"{type(precond).__name__} pins s to sigma_min; train it with objective.cm")
         t, u, s = grid[draw.n], grid[draw.n + draw.k], grid[draw.m]
@@ -201,13 +219,14 @@ class CTMObjective(Objective):
         x_t = x0 + _bcast(t, x0) * draw.noise
         with torch.no_grad():
             x_u = teacher_steps(teacher, x_t, grid, draw.n, draw.k, self.largest_jump(grid.numel()),
-                                self.teacher_solver)
+                                self.teacher_solver, class_labels=class_labels)
+        y = class_labels
         with precond.on_grid():  # t, u, s, eps are grid points: (f, g) looked up on the device
             with torch.no_grad():
-                target_s = precond.jump(student, x_u, u, s)        # G_sg(x_u, u, s)
-                target_0 = precond.jump(target, target_s, s, eps)  # then G_ema(., s, eps)
-            estimate_s = precond.jump(student, x_t, t, s)
-            estimate_0 = precond.jump(target, estimate_s, s, eps)  # gradient flows through the input
+                target_s = jump(precond, student, x_u, u, s, y)        # G_sg(x_u, u, s)
+                target_0 = jump(precond, target, target_s, s, eps, y)  # then G_ema(., s, eps)
+            estimate_s = jump(precond, student, x_t, t, s, y)
+            estimate_0 = jump(precond, target, estimate_s, s, eps, y)  # gradient flows through the input
         main = self.distance(estimate_0, target_0).mean()
         return main, {"loss_ctm": main.detach()}
 
@@ -223,14 +242,14 @@ class CMObjective(Objective):
         noise = torch.randn(x0.shape, generator=generator, device=dev, dtype=dt)
         return JumpDraw(n, torch.ones_like(n), torch.full_like(n, N - 1), noise)
 
-    def loss(self, student, target, precond, teacher, x0, grid, draw: JumpDraw):
+    def loss(self, student, target, precond, teacher, x0, grid, draw: JumpDraw, class_labels=None):
         t, u = grid[draw.n], grid[draw.n + 1]
         eps = torch.full_like(t, precond.schedule.sigma_min)
         x_t = x0 + _bcast(t, x0) * draw.noise
         with torch.no_grad():
-            x_u = teacher_steps(teacher, x_t, grid, draw.n, draw.k, 1, self.teacher_solver)
+            x_u = teacher_steps(teacher, x_t, grid, draw.n, draw.k, 1, self.teacher_solver, class_labels=class_labels)
         with precond.on_grid():  # t, u, eps are grid points
             with torch.no_grad():
-                target_0 = precond.jump(target, x_u, u, eps)
-            main = self.distance(precond.jump(student, x_t, t, eps), target_0).mean()
+                target_0 = jump(precond, target, x_u, u, eps, class_labels)
+            main = self.distance(jump(precond, student, x_t, t, eps, class_labels), target_0).mean()
         return main, {"loss_cm": main.detach()}
