@@ -84,6 +84,29 @@ def write_ffhq64_fixture(root: Path) -> tuple[Path, Path]:
     return pkl, write_dataset_tool_zip(root / "ffhq-64x64.zip", 12, 64, labels=[i % 3 for i in range(12)])
 
 
+IMAGENET64_LABEL_DIM = 3   # the fixture's classes (LABEL_DIM = 3 in the tests' bindings)
+
+
+def write_imagenet64_fixture(root: Path) -> tuple[Path, Path]:
+    """(teacher .pkl, labelled dataset zip) for gin/imagenet64_*.gin: what
+    edm-imagenet-64x64-cond-adm.pkl is (EDMPrecond around a class-conditional DhariwalUNet,
+    use_fp16), at 8 channels and 3 classes, and a dataset_tool zip with labels."""
+    from test_edm_pkl import write_edm_pickle
+
+    from precondlab.nets.dhariwalunet import DhariwalUNet
+    root.mkdir(parents=True, exist_ok=True)
+    kwargs = dict(img_resolution=64, in_channels=3, out_channels=3, label_dim=IMAGENET64_LABEL_DIM, augment_dim=0,
+                  model_channels=8, channel_mult=[1], num_blocks=1, attn_resolutions=[], dropout=0.1)
+    torch.manual_seed(0)
+    net = DhariwalUNet(**kwargs).eval().requires_grad_(False)
+    pkl = root / "edm-tiny-imagenet-64x64-cond-adm.pkl"
+    write_edm_pickle(pkl, net, root / "marker", "EDMPrecond", model_class="DhariwalUNet", record_kwargs=kwargs,
+                     extra_state={"use_fp16": True})
+    zip_path = write_dataset_tool_zip(root / "imagenet-64x64.zip", 12, 64,
+                                      labels=[i % IMAGENET64_LABEL_DIM for i in range(12)])
+    return pkl, zip_path
+
+
 def tiny_image_bindings(cache: Path) -> list[str]:
     return [
         'DEVICE = "cpu"', "STEPS = 4", "BATCH = 4", "MODEL_CHANNELS = 8", "CHANNEL_MULT = (1,)",

@@ -65,6 +65,13 @@ def setup_bindings(gin_file: Path, tmp_path: Path) -> tuple[str, list[str], str]
             f"TEACHER_PKL = '{pkl}'", f"FFHQ_ZIP = '{data}'", f"CHANNEL_MULT = {tuple(FFHQ64_CHANNEL_MULT)}",
             f"ode.analytic.cache_dir = '{tmp_path / 'stats'}'"]
         return "run", [a for b in extra for a in ("--gin_bindings", b)], "fd_classifier/nfe2"
+    if name.startswith("imagenet64_"):
+        from image_fixtures import IMAGENET64_LABEL_DIM, tiny_image_bindings, write_imagenet64_fixture
+        pkl, data = write_imagenet64_fixture(tmp_path)
+        extra = tiny_image_bindings(tmp_path / "fid-cache") + [
+            f"TEACHER_PKL = '{pkl}'", f"IMAGENET_ZIP = '{data}'", f"LABEL_DIM = {IMAGENET64_LABEL_DIM}",
+            f"ode.analytic.cache_dir = '{tmp_path / 'stats'}'"]
+        return "run", [a for b in extra for a in ("--gin_bindings", b)], "fd_classifier/nfe2"
     if name.startswith("fashion_"):
         from image_fixtures import tiny_image_bindings, write_fashion_fixture
         ckpt, data = write_fashion_fixture(tmp_path)
@@ -87,8 +94,9 @@ def test_every_gin_file_runs(gin_file, tmp_path):
     if not gin_file.name.startswith("toy_"):  # the tiny student has the fixture teacher's architecture:
         # all of the teacher is copied but for EDM's augmentation-label embedding, which the FFHQ
         # teacher has (as edm-ffhq-64x64-uncond-vp.pkl does) and which no student is given labels for
-        if gin_file.name.startswith("cifar_cond_"):   # EDM's labels in (the run fails without them), uniform out
-            assert runs[0].data.params["eval.class_labels"] == "uniform over 10 classes (EDM's generate.py)"
+        if gin_file.name.startswith(("cifar_cond_", "imagenet64_")):   # labels in (the run fails without), uniform out
+            classes = 10 if gin_file.name.startswith("cifar") else 3
+            assert runs[0].data.params["eval.class_labels"] == f"uniform over {classes} classes (EDM's generate.py)"
         fraction = float(runs[0].data.params["student_init_copied_fraction"])
         assert fraction == 1.0 if not gin_file.name.startswith("ffhq64_") else 0.99 < fraction < 1.0, fraction
 
@@ -276,3 +284,33 @@ def test_a_conditional_teacher_with_an_unconditional_student_is_one_message(tmp_
     assert out.returncode == 2, out.stderr[-3000:]
     assert "Traceback" not in out.stderr
     assert "the teacher has 10 classes, the student 0" in out.stderr and "student.songunet.label_dim = 10" in out.stderr
+
+
+def test_imagenet64_files_hold_the_adm_recipe_and_a_missing_zip_says_how_to_make_it(tmp_path):
+    """gin/imagenet64_*.gin: EDM's class-conditional ADM teacher, an ADM student of its sizes and
+    1000 classes, CTM's ImageNet-64 grid (N = 40, K = 39), batch 1440 and learning rate 4e-4."""
+    import gin
+
+    from precondlab import config, experiment  # noqa: F401 (their configurables)
+    config.load([str(GIN / "imagenet64_analytic.gin")])
+    got = {name: gin.query_parameter(f"%{name}") for name in
+           ("NUM_TIMESTEPS", "BATCH", "LABEL_DIM", "MODEL_CHANNELS", "CHANNEL_MULT", "NUM_BLOCKS", "ATTN_RESOLUTIONS",
+            "IMG_RESOLUTION", "TEACHER_PKL")}
+    student, max_jump = gin.query_parameter("experiment.student"), gin.query_parameter("objective.ctm.max_jump")
+    lr = gin.query_parameter("experiment.lr")
+    gin.clear_config()
+    assert got == {"NUM_TIMESTEPS": 40, "BATCH": 1440, "LABEL_DIM": 1000, "MODEL_CHANNELS": 192,
+                   "CHANNEL_MULT": (1, 2, 3, 4), "NUM_BLOCKS": 3, "ATTN_RESOLUTIONS": (32, 16, 8), "IMG_RESOLUTION": 64,
+                   "TEACHER_PKL": "checkpoints/edm-imagenet-64x64-cond-adm.pkl"}
+    assert str(student) == "@student.dhariwalunet" and max_jump == 39 and lr == 4e-4
+
+    from image_fixtures import IMAGENET64_LABEL_DIM, tiny_image_bindings, write_imagenet64_fixture
+    pkl, _ = write_imagenet64_fixture(tmp_path)
+    missing = tmp_path / "datasets" / "imagenet-64x64.zip"
+    extra = tiny_image_bindings(tmp_path / "fid-cache") + [f"TEACHER_PKL = '{pkl}'", f"IMAGENET_ZIP = '{missing}'",
+                                                           f"LABEL_DIM = {IMAGENET64_LABEL_DIM}"]
+    out = cli("run", str(GIN / "imagenet64_ctm.gin"), *[a for b in extra for a in ("--gin_bindings", b)],
+              "--no-progress", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and f"{missing} does not exist" in out.stderr
+    assert "dataset_tool.py --source=downloads/imagenet/ILSVRC/Data/CLS-LOC/train" in out.stderr

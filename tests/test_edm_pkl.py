@@ -33,7 +33,7 @@ MODEL_KWARGS = dict(img_resolution=8, in_channels=3, out_channels=3, label_dim=0
                     dropout=0.13, embedding_type="positional", channel_mult_noise=1,
                     encoder_type="standard", decoder_type="standard", resample_filter=[1, 1])
 EDM_CLASS = {"Conv": "Conv2d", "Linear": "Linear", "GroupNorm": "GroupNorm", "UNetBlock": "UNetBlock",
-             "PositionalEmbedding": "PositionalEmbedding", "SongUNet": "SongUNet"}
+             "PositionalEmbedding": "PositionalEmbedding", "SongUNet": "SongUNet", "DhariwalUNet": "DhariwalUNet"}
 # The globals a real EDM snapshot names (checked against one written by EDM's own code).
 EDM_GLOBALS = {("torch_utils.persistence", "_reconstruct_persistent_obj"),
                ("torch.nn.modules.container", "ModuleDict"), ("torch.storage", "_load_from_bytes"),
@@ -80,8 +80,8 @@ def _as_edm(module: nn.Module, reconstruct, src: str, init_kwargs: dict | None =
     if isinstance(module, Conv) and module.resample_filter is None:  # EDM registers a None buffer
         state.pop("resample_filter")
         state["_buffers"] = {**state["_buffers"], "resample_filter": None}
-    if isinstance(module, UNetBlock):
-        state["skip_scale"] = np.sqrt(0.5)  # EDM keeps a numpy float64 here
+    if isinstance(module, UNetBlock):   # EDM keeps a numpy float64 here (DDPM++), or the int 1 (ADM)
+        state["skip_scale"] = np.sqrt(0.5) if module.skip_scale != 1 else 1
     state.update(_init_args=(), _init_kwargs=dict(init_kwargs or {}))
     return _Persistent(reconstruct, EDM_CLASS[type(module).__name__], state, src)
 
@@ -309,10 +309,14 @@ def test_denoise_equals_edms_own_float32_wrapper(written, precond):
 
 
 def test_unsupported_or_mismatched_networks(tmp_path, written):
-    adm = tmp_path / "adm.pkl"
-    write_edm_pickle(adm, written["net"], written["marker"], model_class="DhariwalUNet")
-    with pytest.raises(CheckpointError, match=r"DhariwalUNet \(ADM.*only SongUNet"):
-        edm_pkl(str(adm))
+    other = tmp_path / "other.pkl"
+    write_edm_pickle(other, written["net"], written["marker"], model_class="MysteryUNet")
+    with pytest.raises(CheckpointError, match=r"the network is MysteryUNet; supported: SongUNet .* DhariwalUNet"):
+        edm_pkl(str(other))
+    posing = tmp_path / "posing.pkl"   # a SongUNet's record and tensors under ADM's class name
+    write_edm_pickle(posing, written["net"], written["marker"], model_class="DhariwalUNet")
+    with pytest.raises(CheckpointError, match=r"DhariwalUNet arguments we do not implement: \['channel_mult_noise'"):
+        edm_pkl(str(posing))
     iddpm = tmp_path / "baseline-imagenet.pkl"
     write_edm_pickle(iddpm, written["net"], written["marker"], precond="iDDPMPrecond")
     with pytest.raises(CheckpointError, match="iDDPMPrecond, not supported: its noise levels are rounded"):
@@ -323,7 +327,7 @@ def test_unsupported_or_mismatched_networks(tmp_path, written):
         edm_pkl(str(torn))
     fp16 = tmp_path / "edm-fp16.pkl"
     write_edm_pickle(fp16, written["net"], written["marker"], precond="EDMPrecond", extra_state={"use_fp16": True})
-    with pytest.warns(UserWarning, match="runs its network in float32"):
+    with pytest.warns(UserWarning, match="honoured on CUDA only: on the cpu its network runs in float32"):
         assert edm_pkl(str(fp16)).precond == "edm"
     lying = tmp_path / "lying.pkl"  # recorded kwargs say no augment labels, the tensors have them
     write_edm_pickle(lying, written["net"], written["marker"], record_kwargs={**MODEL_KWARGS, "augment_dim": 0})

@@ -52,7 +52,8 @@ WHERE = [
      "tests/test_cluster.py::test_a_two_node_cluster_with_token_auth_runs_a_multi_worker_run_and_sweep"),
     (r"wget -P checkpoints https://\S+", "not here (needs the internet): the URL is the one precondlab's "
      "missing-checkpoint message gives, checked below"),
-    (r"precondlab run gin/(cifar|cifar_cond|fashion|ffhq64)_analytic\.gin", "tests/test_cli.py::test_every_gin_file_runs"),
+    (r"precondlab run gin/(cifar|cifar_cond|fashion|ffhq64|imagenet64)_analytic\.gin",
+     "tests/test_cli.py::test_every_gin_file_runs"),
     (r"precondlab train-teacher gin/teachers/fashion_teacher\.gin --output \S+",
      "tests/test_teacher_training.py::test_train_teacher_cli_then_load_as_state_dict_teacher"),
     (r"precondlab check preconditioner variance", "here"),

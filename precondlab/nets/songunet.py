@@ -113,20 +113,25 @@ class Conv(nn.Module):
 class PositionalEmbedding(nn.Module):
     """Sinusoids of a scalar at geometrically spaced frequencies 1 .. 1/max_positions.
 
-    Returned as [sin, cos]: EDM computes [cos, sin] and its SongUNet then swaps the halves.
+    Returned as [sin, cos]: EDM computes [cos, sin] and its SongUNet then swaps the halves; its
+    DhariwalUNet keeps [cos, sin] (``cos_first``).
     """
 
     def __init__(self,
                  num_channels: int,            # output width (two per frequency)
                  max_positions: int = 10000,   # slowest frequency is 1/max_positions
-                 endpoint: bool = True):       # DDPM++ includes the slowest frequency itself
+                 endpoint: bool = True,        # DDPM++ includes the slowest frequency itself (ADM does not)
+                 cos_first: bool = False):     # ADM's order
         super().__init__()
         self.num_channels, self.max_positions, self.endpoint = num_channels, max_positions, endpoint
+        self.cos_first = cos_first
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         half = self.num_channels // 2
         k = torch.arange(half, dtype=torch.float32, device=x.device) / (half - (1 if self.endpoint else 0))
         phase = torch.outer(x.to(torch.float32), (1 / self.max_positions) ** k)
+        if self.cos_first:
+            return torch.cat([phase.cos(), phase.sin()], dim=1)
         return torch.cat([phase.sin(), phase.cos()], dim=1)
 
 
@@ -153,7 +158,13 @@ def noise_embedding(kind: str, num_channels: int) -> nn.Module:
 
 
 class UNetBlock(nn.Module):
-    """DDPM++ residual block: GN-SiLU-conv, + embedding, GN-SiLU-dropout-conv, skip, then attention."""
+    """EDM's residual block: GN-SiLU-conv, + embedding, GN-SiLU-dropout-conv, skip, then attention.
+
+    DDPM++ (the defaults) adds the embedding and scales sums by sqrt(1/2); ADM (DhariwalUNet)
+    scales and shifts by it (``adaptive_scale``), sums unscaled (``skip_scale = 1``), resamples
+    its skip without a projection when the width stays (``resample_proj = False``) and has one
+    attention head per 64 channels.
+    """
 
     def __init__(self,
                  in_channels: int,                         # channels in
@@ -165,19 +176,24 @@ class UNetBlock(nn.Module):
                  num_heads: int = 1,                       # DDPM++ uses one head
                  dropout: float = 0.0,                     # dropout before the second convolution
                  resample_filter: Sequence[int] = (1, 1),  # FIR taps for up/down
-                 eps: float = 1e-6):                       # GroupNorm epsilon
+                 eps: float = 1e-6,                        # GroupNorm epsilon (ADM: 1e-5)
+                 adaptive_scale: bool = False,             # ADM: the embedding scales and shifts
+                 skip_scale: float = SQRT_HALF,            # ADM: 1
+                 resample_proj: bool = True,               # ADM: False (a 1x1 skip only where widths differ)
+                 channels_per_head: int | None = None):    # ADM: 64 (then num_heads = out_channels / 64)
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.num_heads = num_heads if attention else 0
-        self.dropout = dropout
+        self.num_heads = 0 if not attention else out_channels // channels_per_head if channels_per_head else num_heads
+        self.dropout, self.adaptive_scale, self.skip_scale = dropout, adaptive_scale, skip_scale
         self.norm0 = group_norm(in_channels, eps)
         self.conv0 = Conv(in_channels, out_channels, 3, up=up, down=down, resample_filter=resample_filter)
-        self.affine = linear(emb_channels, out_channels)
+        self.affine = linear(emb_channels, out_channels * (2 if adaptive_scale else 1))
         self.norm1 = group_norm(out_channels, eps)
         self.conv1 = Conv(out_channels, out_channels, 3, gain=1e-5)
         self.skip = None
         if in_channels != out_channels or up or down:  # DDPM++ projects the skip with a 1x1 conv
-            self.skip = Conv(in_channels, out_channels, 1, up=up, down=down, resample_filter=resample_filter)
+            kernel = 1 if resample_proj or in_channels != out_channels else 0
+            self.skip = Conv(in_channels, out_channels, kernel, up=up, down=down, resample_filter=resample_filter)
         if self.num_heads:
             self.norm2 = group_norm(out_channels, eps)
             self.qkv = Conv(out_channels, 3 * out_channels, 1, gain=math.sqrt(0.2))
@@ -185,11 +201,16 @@ class UNetBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv0(F.silu(self.norm0(x)))
-        h = F.silu(self.norm1(h + self.affine(emb)[:, :, None, None]))
+        params = self.affine(emb)[:, :, None, None]
+        if self.adaptive_scale:
+            scale, shift = params.chunk(2, dim=1)
+            h = F.silu(torch.addcmul(shift, self.norm1(h), scale + 1))
+        else:
+            h = F.silu(self.norm1(h + params))
         h = self.conv1(F.dropout(h, p=self.dropout, training=self.training))
-        x = (h + (x if self.skip is None else self.skip(x))) * SQRT_HALF
+        x = (h + (x if self.skip is None else self.skip(x))) * self.skip_scale
         if self.num_heads:
-            x = (self.proj(self._attend(self.norm2(x))) + x) * SQRT_HALF
+            x = (self.proj(self._attend(self.norm2(x))) + x) * self.skip_scale
         return x
 
     def _attend(self, x: torch.Tensor) -> torch.Tensor:

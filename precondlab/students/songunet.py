@@ -12,8 +12,44 @@ from precondlab.nets.songunet import SongUNet
 from precondlab.registry import register
 
 
+class ImageStudent:
+    """What a U-Net student adds to its network (mixed in before it): images flat or (C, H, W),
+    the network's own dtype inside and the caller's outside, and class labels exactly when the
+    student is class-conditional."""
+
+    def forward(self, x: torch.Tensor, c_noise_t: torch.Tensor, c_noise_s: torch.Tensor,
+                class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        n, res = x.shape[0], self.img_resolution
+        kind = type(self).__name__
+        if (class_labels is None) != (self.label_dim == 0):   # EDM's net would take zeros for a missing label
+            raise ValueError(f"{kind} with label_dim = {self.label_dim} got "
+                             f"{'no class_labels' if class_labels is None else 'class_labels'}: a class-conditional "
+                             f"student takes the teacher's one-hot labels, an unconditional one none")
+        per_example = math.prod(x.shape[1:])
+        if per_example != self.in_channels * res * res:
+            raise ValueError(
+                f"{kind} takes {self.in_channels}x{res}x{res} images ({self.in_channels * res * res} "
+                f"values each, flat or (C, H, W)), got x of shape {tuple(x.shape)} ({per_example} per example): "
+                f"set the student's in_channels / img_resolution (IMG_CHANNELS / IMG_RESOLUTION) to the "
+                f"teacher's and dataset's image shape.")
+        dtype = self.map_layer0.weight.dtype
+        img = x.reshape(n, self.in_channels, res, res).to(dtype)
+        t = torch.as_tensor(c_noise_t, device=x.device).to(dtype).reshape(-1).expand(n)
+        s = torch.as_tensor(c_noise_s, device=x.device).to(dtype).reshape(-1).expand(n)
+        labels = class_labels.to(device=x.device, dtype=dtype) if class_labels is not None else None
+        out = super().forward(img, t, s, class_labels=labels).to(x.dtype)
+        return out.reshape(n, -1) if x.ndim == 2 else out
+
+
+def check_dim(kind: str, dim: int | None, in_channels: int, img_resolution: int) -> None:
+    expected = in_channels * img_resolution ** 2
+    if dim is not None and dim != expected:
+        raise ValueError(f"student.{kind}: dim={dim} but in_channels * img_resolution^2 = "
+                         f"{in_channels} * {img_resolution}^2 = {expected}")
+
+
 @register("student", "songunet")
-class SongUNetStudent(SongUNet):
+class SongUNetStudent(ImageStudent, SongUNet):
     """CTM student F(c_in x, c_noise_t, c_noise_s) on EDM's DDPM++ U-Net (EDM-compatible names).
 
     Accepts images (B, C, H, W) or flat vectors (B, C*H*W); runs in its own parameter dtype and
@@ -37,10 +73,7 @@ class SongUNetStudent(SongUNet):
                  embedding_type: str = "positional",         # 'positional' or 'fourier'
                  encoder_type: str = "standard",             # 'standard', 'skip' or 'residual'
                  decoder_type: str = "standard"):            # 'standard' or 'skip'
-        expected = in_channels * img_resolution ** 2
-        if dim is not None and dim != expected:
-            raise ValueError(f"student.songunet: dim={dim} but in_channels * img_resolution^2 = "
-                             f"{in_channels} * {img_resolution}^2 = {expected}")
+        check_dim("songunet", dim, in_channels, img_resolution)
         super().__init__(img_resolution=img_resolution, in_channels=in_channels,
                          out_channels=in_channels if out_channels is None else out_channels, label_dim=label_dim,
                          model_channels=model_channels, channel_mult=list(channel_mult),
@@ -49,28 +82,6 @@ class SongUNetStudent(SongUNet):
                          embedding_type=embedding_type, channel_mult_noise=channel_mult_noise,
                          encoder_type=encoder_type, decoder_type=decoder_type,
                          resample_filter=list(resample_filter), s_conditioning=True)
-
-    def forward(self, x: torch.Tensor, c_noise_t: torch.Tensor, c_noise_s: torch.Tensor,
-                class_labels: torch.Tensor | None = None) -> torch.Tensor:
-        n, res = x.shape[0], self.img_resolution
-        if (class_labels is None) != (self.label_dim == 0):   # EDM's net would take zeros for a missing label
-            raise ValueError(f"SongUNetStudent with label_dim = {self.label_dim} got "
-                             f"{'no class_labels' if class_labels is None else 'class_labels'}: a class-conditional "
-                             f"student takes the teacher's one-hot labels, an unconditional one none")
-        per_example = math.prod(x.shape[1:])
-        if per_example != self.in_channels * res * res:
-            raise ValueError(
-                f"SongUNetStudent takes {self.in_channels}x{res}x{res} images ({self.in_channels * res * res} "
-                f"values each, flat or (C, H, W)), got x of shape {tuple(x.shape)} ({per_example} per example): "
-                f"set student.songunet.in_channels / img_resolution (IMG_CHANNELS / IMG_RESOLUTION) to the "
-                f"teacher's and dataset's image shape.")
-        dtype = self.map_layer0.weight.dtype
-        img = x.reshape(n, self.in_channels, res, res).to(dtype)
-        t = torch.as_tensor(c_noise_t, device=x.device).to(dtype).reshape(-1).expand(n)
-        s = torch.as_tensor(c_noise_s, device=x.device).to(dtype).reshape(-1).expand(n)
-        labels = class_labels.to(device=x.device, dtype=dtype) if class_labels is not None else None
-        out = super().forward(img, t, s, class_labels=labels).to(x.dtype)
-        return out.reshape(n, -1) if x.ndim == 2 else out
 
     def last_layer(self) -> nn.Parameter:
         """The output convolution's weight: its gradient norms set CTM's adaptive DSM weight."""

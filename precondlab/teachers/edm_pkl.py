@@ -35,6 +35,7 @@ import torch
 
 from precondlab.errors import CheckpointError, UserInputError  # noqa: F401 - CheckpointError re-exported
 from precondlab.hashing import update_with_file, update_with_tensor
+from precondlab.nets.dhariwalunet import DhariwalUNet
 from precondlab.nets.songunet import SongUNet
 from precondlab.preconditioners.base import edm_scalings
 from precondlab.registry import register
@@ -214,9 +215,14 @@ class EDMCheckpoint:
     precond: str                          # 'vp', 've' or 'edm'
     precond_class: str                    # EDM's class name, e.g. 'VPPrecond'
     precond_params: dict                  # beta_d, beta_min, M, sigma_data, sigma_min, ... as stored
-    model_kwargs: dict                    # SongUNet constructor arguments as recorded
-    state_dict: dict[str, torch.Tensor]   # the inner model's tensors, SongUNet names
+    model_kwargs: dict                    # the network's constructor arguments as recorded
+    state_dict: dict[str, torch.Tensor]   # the inner model's tensors, EDM's names
     keys: list[str]                       # top-level keys of the snapshot
+    model_class: str = "SongUNet"         # EDM's network class: a key of NETWORKS
+
+
+# EDM's network classes and ours, whose arguments and tensor names are EDM's
+NETWORKS = {"SongUNet": SongUNet, "DhariwalUNet": DhariwalUNet}
 
 
 def _init_kwargs(record: ModuleRecord, path: Path) -> dict:
@@ -224,7 +230,7 @@ def _init_kwargs(record: ModuleRecord, path: Path) -> dict:
     args, kwargs = record.state.get("_init_args"), record.state.get("_init_kwargs")
     if kwargs is None:
         raise CheckpointError(f"{path}: {record.class_name} has no recorded init kwargs")
-    names = list(inspect.signature(SongUNet).parameters)  # EDM's order for its own arguments
+    names = list(inspect.signature(NETWORKS[record.class_name]).parameters)  # EDM's order for its own arguments
     merged = dict(zip(names, args or ()))
     merged.update(kwargs)
     return merged
@@ -244,11 +250,10 @@ def load_edm_checkpoint(path: str | Path, key: str = "ema") -> EDMCheckpoint:
         kind = net.class_name if isinstance(net, ModuleRecord) else type(net).__name__
         raise CheckpointError(f"{path}: {key!r} is {kind}; supported: {', '.join(PRECONDS)}")
     model = net.modules.get("model")
-    if not isinstance(model, ModuleRecord) or model.class_name != "SongUNet":
+    if not isinstance(model, ModuleRecord) or model.class_name not in NETWORKS:
         kind = model.class_name if isinstance(model, ModuleRecord) else type(model).__name__
-        adm = " (ADM, the network of EDM's ImageNet-64 checkpoints)" if kind == "DhariwalUNet" else ""
-        raise CheckpointError(f"{path}: the network is {kind}{adm}; only SongUNet (DDPM++/NCSN++: EDM's "
-                              f"CIFAR-10, FFHQ-64 and AFHQv2-64 checkpoints) is supported")
+        raise CheckpointError(f"{path}: the network is {kind}; supported: SongUNet (DDPM++/NCSN++: EDM's "
+                              f"CIFAR-10, FFHQ-64 and AFHQv2-64 checkpoints) and DhariwalUNet (ADM: ImageNet-64)")
     fields = ("sigma_data", "beta_d", "beta_min", "M", "epsilon_t", "sigma_min", "sigma_max", "label_dim", "use_fp16")
     params = {k: net.state[k] for k in fields if k in net.state}
     model_kwargs = _init_kwargs(model, path)
@@ -256,31 +261,30 @@ def load_edm_checkpoint(path: str | Path, key: str = "ema") -> EDMCheckpoint:
     if len(label_dims) > 1:
         raise CheckpointError(f"{path}: the wrapper says label_dim = {params.get('label_dim')}, its network "
                               f"{model_kwargs.get('label_dim')}: not a snapshot EDM wrote")
-    if params.get("use_fp16"):
-        warnings.warn(f"{path}: the snapshot asks for float16 (use_fp16); precondlab runs its network in "
-                      f"float32 (EDM's own CPU behaviour; on CUDA, EDM's float16 path is faster, not more exact)",
-                      stacklevel=2)
     # no copy: the tensors were rebuilt from storages of their own, and build_songunet adopts them
     # as the network's weights (benchmarks/teacher_load_memory.py measures the peak)
     state_dict = {name: t.detach() for name, t in model.named_tensors()}
     return EDMCheckpoint(path, PRECONDS[net.class_name], net.class_name, params, model_kwargs, state_dict,
-                         sorted(data))
+                         sorted(data), model.class_name)
 
 
-def build_songunet(kwargs: dict, state_dict: dict[str, torch.Tensor], source: str) -> SongUNet:
-    """A SongUNet from recorded kwargs, loaded strictly; mismatches name the tensors."""
-    unknown = sorted(set(kwargs) - set(inspect.signature(SongUNet).parameters))
+def build_songunet(kwargs: dict, state_dict: dict[str, torch.Tensor], source: str,
+                   model_class: str = "SongUNet") -> SongUNet | DhariwalUNet:
+    """EDM's network (SongUNet, or DhariwalUNet) from recorded kwargs, loaded strictly; mismatches
+    name the tensors."""
+    cls = NETWORKS[model_class]
+    unknown = sorted(set(kwargs) - set(inspect.signature(cls).parameters))
     if unknown:
-        raise CheckpointError(f"{source}: SongUNet arguments we do not implement: {unknown}")
+        raise CheckpointError(f"{source}: {model_class} arguments we do not implement: {unknown}")
     with torch.device("meta"):   # shapes only: the loaded tensors become the weights (no second copy)
-        net = SongUNet(**kwargs)
+        net = cls(**kwargs)
     ours = net.state_dict()
     missing = sorted(set(ours) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(ours))
     wrong = sorted(f"{k} {tuple(state_dict[k].shape)} vs ours {tuple(ours[k].shape)}"
                    for k in set(ours) & set(state_dict) if state_dict[k].shape != ours[k].shape)
     if missing or unexpected or wrong:
-        raise CheckpointError(f"{source}: weights do not fit SongUNet({kwargs}): missing {missing[:10]}"
+        raise CheckpointError(f"{source}: weights do not fit {model_class}({kwargs}): missing {missing[:10]}"
                               f"{' ...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}"
                               f"{' ...' if len(unexpected) > 10 else ''}, shape mismatches {wrong[:10]}")
     net.load_state_dict(state_dict, strict=True, assign=True)
@@ -289,7 +293,7 @@ def build_songunet(kwargs: dict, state_dict: dict[str, torch.Tensor], source: st
 
 # -- the teacher --------------------------------------------------------------------------------
 class EDMNetTeacher(Teacher):
-    """D(x, t) of an EDM SongUNet under EDM's VP, VE or EDM preconditioning, with t = sigma.
+    """D(x, t) of an EDM SongUNet or DhariwalUNet under EDM's VP, VE or EDM preconditioning, with t = sigma.
 
     All three of EDM's wrappers take the unscaled x = x_0 + sigma * n, so the teacher lives on
     our EDM schedule whatever its training SDE. As EDM's wrappers do, the scalings and the
@@ -318,7 +322,8 @@ class EDMNetTeacher(Teacher):
                  schedule: Schedule | None = None,   # time grid for students (default EDM's)
                  dataset: Any = None,                # anything with sample_x0(n, generator)
                  device: str | torch.device = "cpu",  # where the network runs
-                 source: str | None = None):         # the checkpoint file, named in errors
+                 source: str | None = None,          # the checkpoint file, named in errors
+                 use_fp16: bool = False):            # EDM's flag: float16 on CUDA (ImageNet-64's ADM)
         super().__init__(schedule or EDMSchedule())
         if precond not in ("edm", "vp", "ve"):
             raise ValueError(f"precond must be 'edm', 'vp' or 've', got {precond!r}")
@@ -330,6 +335,10 @@ class EDMNetTeacher(Teacher):
         self.precond, self.sigma_data, self.beta_d, self.beta_min, self.M = precond, sigma_data, beta_d, beta_min, M
         self.dataset, self.device = dataset, torch.device(device)
         self.label_dim = int(net.label_dim)
+        self.use_fp16 = bool(use_fp16)
+        if self.use_fp16 and self.device.type != "cuda":
+            warnings.warn(f"{self.source}: the snapshot asks for float16 (use_fp16), honoured on CUDA only: on the "
+                          f"{self.device.type} its network runs in float32, as EDM's own code does there", stacklevel=2)
         if self.label_dim and dataset is not None:
             if not hasattr(dataset, "sample_labelled"):
                 from precondlab.config import ConfigError
@@ -361,7 +370,10 @@ class EDMNetTeacher(Teacher):
         c_skip, c_out, c_in, c_noise = self.scalings(sigma)
         dtype = self.net.map_layer0.weight.dtype
         labels = class_labels.to(self.device, torch.float32) if class_labels is not None else None
-        F_x = self.net((_bcast(c_in, img) * img).to(dtype), c_noise.to(dtype), class_labels=labels)
+        # use_fp16 on CUDA: EDM runs the network in float16; here autocast's float16 (convolutions and
+        # matmuls in float16, normalisations and softmax in float32), the wrapper's arithmetic in float32
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_fp16 and self.device.type == "cuda"):
+            F_x = self.net((_bcast(c_in, img) * img).to(dtype), c_noise.to(dtype), class_labels=labels)
         D = _bcast(c_skip, img) * img + _bcast(c_out, img) * F_x.to(torch.float32)
         return D.to(x.device, x.dtype).reshape(x.shape)
 
@@ -393,7 +405,7 @@ class EDMNetTeacher(Teacher):
         if cached is not None and cached[0] == self.source:
             return cached[1]
         h = hashlib.sha256()
-        params = {"precond": self.precond, "sigma_data": self.sigma_data}
+        params = {"precond": self.precond, "sigma_data": self.sigma_data, **({"use_fp16": True} if self.use_fp16 else {})}
         if self.precond == "vp":
             params.update(beta_d=self.beta_d, beta_min=self.beta_min, M=self.M)
         h.update(json.dumps(params, sort_keys=True).encode())
@@ -478,10 +490,10 @@ def edm_pkl(path: str = f"checkpoints/{DEFAULT_PKL}",  # an official EDM snapsho
             schedule: Schedule | None = None,            # time grid for students
             dataset: Any = None,                         # data sampler (sample_x0)
             device: str = "cpu") -> EDMNetTeacher:       # where the network runs
-    """An official EDM checkpoint (VP/VE/EDM wrapper around a SongUNet, unconditional or
-    class-conditional) read safely; t = sigma."""
+    """An official EDM checkpoint (VP/VE/EDM wrapper around a SongUNet or DhariwalUNet,
+    unconditional or class-conditional) read safely; t = sigma."""
     ckpt = load_edm_checkpoint(path, key)
-    net = build_songunet(ckpt.model_kwargs, ckpt.state_dict, str(ckpt.path))
+    net = build_songunet(ckpt.model_kwargs, ckpt.state_dict, str(ckpt.path), ckpt.model_class)
     keep = {k: ckpt.precond_params[k] for k in ("sigma_data", "beta_d", "beta_min", "M") if k in ckpt.precond_params}
     return EDMNetTeacher(net, ckpt.precond, schedule=schedule, dataset=dataset, device=device,
-                         source=str(ckpt.path), **keep)
+                         source=str(ckpt.path), use_fp16=bool(ckpt.precond_params.get("use_fp16")), **keep)
