@@ -7,7 +7,9 @@ net(x, sigma, class_labels) in float32. Needs a clone of EDM, which this script 
     git clone https://github.com/NVlabs/edm /tmp/edm
     .venv/bin/python benchmarks/edm_agreement.py /tmp/edm
 
-Prints the largest |ours - EDM| relative to the largest |EDM| for each kind.
+Prints the largest |ours - EDM| relative to the largest |EDM| for each kind. With ``--device cuda``
+the ADM snapshot's use_fp16 is in force on both sides (EDM's float16 network, our float16
+autocast): then expect float16's round-off, not float32's.
 """
 import argparse
 import pickle
@@ -20,6 +22,7 @@ import torch
 
 ap = argparse.ArgumentParser()
 ap.add_argument("edm", help="a clone of github.com/NVlabs/edm")
+ap.add_argument("--device", default="cpu", help="where both networks run (cuda: use_fp16 takes effect)")
 args = ap.parse_args()
 sys.path.insert(0, str(Path(args.edm).resolve()))
 from training import networks as edm  # noqa: E402  (EDM's own code, from the clone)
@@ -47,13 +50,15 @@ for name, (cls, kw) in cases.items():
         pickle.dump(dict(ema=net), f)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        teacher = edm_pkl(str(path))
-    x = torch.randn(4, 3, 16, 16, generator=g)
-    sigma = torch.tensor([0.002, 0.3, 5.0, 80.0])
+        teacher = edm_pkl(str(path), device=args.device)
+    net = net.to(args.device)
+    x = torch.randn(4, 3, 16, 16, generator=g).to(args.device)
+    sigma = torch.tensor([0.002, 0.3, 5.0, 80.0], device=args.device)
     x_t = x * (1 + sigma[:, None, None, None])
     labels = None
     if kw["label_dim"]:
         labels = torch.nn.functional.one_hot(torch.tensor([0, 3, 5, 1]) % kw["label_dim"], kw["label_dim"]).float()
+        labels = labels.to(args.device)
     with torch.no_grad():
         want = net(x_t, sigma, labels).float()
         got = teacher.denoise(x_t, sigma, **({} if labels is None else {"class_labels": labels}))
