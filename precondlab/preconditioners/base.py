@@ -12,6 +12,7 @@ import contextlib
 
 import torch
 
+from precondlab.labels import with_labels
 from precondlab.schedules import EDMSchedule, Schedule, _bcast
 
 
@@ -23,15 +24,6 @@ def edm_scalings(t: torch.Tensor, sigma_data: float):
     c_in = 1 / (t ** 2 + sd2).sqrt()
     c_noise = t.log() / 4
     return c_skip, c_out, c_in, c_noise
-
-
-def call_net(net, x: torch.Tensor, c_noise_t: torch.Tensor, c_noise_s: torch.Tensor,
-             class_labels: torch.Tensor | None = None) -> torch.Tensor:
-    """The raw network F(x, c_noise_t, c_noise_s), with class_labels only when there are some
-    (an unconditional student, e.g. the MLP, takes three arguments)."""
-    if class_labels is None:
-        return net(x, c_noise_t, c_noise_s)
-    return net(x, c_noise_t, c_noise_s, class_labels=class_labels)
 
 
 class Preconditioner:
@@ -87,7 +79,7 @@ class Preconditioner:
         """F: by default CTM's EDM-scaled denoiser D_theta(x_t, t, s) (math note, section 3)."""
         c_skip, c_out, c_in, c_noise = edm_scalings(t, self.sigma_data)
         _, _, _, c_noise_s = edm_scalings(s, self.sigma_data)
-        F_x = call_net(net, _bcast(c_in, x) * x, c_noise, c_noise_s, class_labels)
+        F_x = with_labels(net, _bcast(c_in, x) * x, c_noise, c_noise_s, class_labels=class_labels)
         return _bcast(c_skip, x) * x + _bcast(c_out, x) * F_x
 
     def jump(self, net, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
@@ -96,8 +88,7 @@ class Preconditioner:
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
         s = torch.as_tensor(s, dtype=x.dtype, device=x.device).expand(x.shape[0])
         f, g = self.fg(t, s)
-        F = (self.network_output(net, x, t, s) if class_labels is None     # a plugin's network_output
-             else self.network_output(net, x, t, s, class_labels=class_labels))   # may take no labels
+        F = with_labels(self.network_output, net, x, t, s, class_labels=class_labels)
         return _bcast(f, x) * x + _bcast(g, x) * F
 
     def describe(self) -> dict:

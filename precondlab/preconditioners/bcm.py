@@ -1,6 +1,7 @@
 """Bidirectional consistency models (Li and He 2024), as in the authors' released code."""
 
-from precondlab.preconditioners.base import Preconditioner, _bcast, call_net, edm_scalings
+from precondlab.labels import with_labels
+from precondlab.preconditioners.base import Preconditioner, _bcast, edm_scalings
 from precondlab.registry import register
 
 
@@ -21,4 +22,4 @@ class BCMPrecond(Preconditioner):
     def network_output(self, net, x, t, s, class_labels=None):
         _, _, c_in, c_noise_t = edm_scalings(t, self.sigma_data)
         _, _, _, c_noise_s = edm_scalings(s, self.sigma_data)
-        return call_net(net, _bcast(c_in, x) * x, c_noise_t, c_noise_s, class_labels)
+        return with_labels(net, _bcast(c_in, x) * x, c_noise_t, c_noise_s, class_labels=class_labels)

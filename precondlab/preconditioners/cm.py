@@ -2,7 +2,8 @@
 
 import torch
 
-from precondlab.preconditioners.base import Preconditioner, _bcast, call_net
+from precondlab.labels import with_labels
+from precondlab.preconditioners.base import Preconditioner, _bcast
 from precondlab.registry import register
 
 
@@ -24,4 +25,4 @@ class CMPrecond(Preconditioner):
     def network_output(self, net, x, t, s, class_labels=None):
         c_in = 1 / (self.sigma_data ** 2 + t ** 2).sqrt()
         c_noise = t.log() / 4
-        return call_net(net, _bcast(c_in, x) * x, c_noise, torch.zeros_like(c_noise), class_labels)
+        return with_labels(net, _bcast(c_in, x) * x, c_noise, torch.zeros_like(c_noise), class_labels=class_labels)

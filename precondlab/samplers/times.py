@@ -65,19 +65,19 @@ def sample_student(sampler, precond, net, z, schedule, ts: Sequence[float], *, s
     ``class_labels`` (a class-conditional student): one one-hot row per z, bound into the jump.
     In a multi-process run each rank samples its share of z, and every rank gets all the samples."""
     from precondlab.training import distributed
-    from precondlab.training.objectives import jump
+    from precondlab.labels import with_labels
     d = distributed.current()
     ts = [float(t) for t in ts]
     gen = torch.Generator(device=device).manual_seed(seed + len(ts) - 1 + 7919 * d.rank)
     mine = d.rows(z)
     labels = d.rows(class_labels) if class_labels is not None else None
     chunks = mine.split(batch_size) if batch_size else (mine,)
-    label_chunks = (labels.split(batch_size) if batch_size else (labels,)) if labels is not None else [None] * len(chunks)
+    label_chunks = [None] * len(chunks) if labels is None else labels.split(batch_size) if batch_size else (labels,)
     out = []
     with torch.no_grad():
         for zb, yb in zip(chunks, label_chunks):
             y = yb.to(device=device, dtype=dtype) if yb is not None else None
-            step = lambda x, t, s: jump(precond, net, x, t, s, y)  # noqa: E731
+            step = lambda x, t, s: with_labels(precond.jump, net, x, t, s, class_labels=y)  # noqa: E731
             out.append(sampler(step, (schedule.sigma_max * zb).to(device=device, dtype=dtype), ts,
                                generator=gen).cpu())
     return d.gather_rows(torch.cat(out), len(z))

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from precondlab.labels import with_labels
 from precondlab.schedules import EDMSchedule, Schedule
-
-
-def denoise_with(teacher, x: torch.Tensor, t, class_labels: torch.Tensor | None = None) -> torch.Tensor:
-    """teacher.denoise(x, t), passing class_labels only when there are some: an unconditional
-    teacher (a plugin's too) is called exactly as the contract says, D(x, t)."""
-    if class_labels is None:
-        return teacher.denoise(x, t)
-    return teacher.denoise(x, t, class_labels=class_labels)
 
 
 def sample_data(teacher, n: int, generator: torch.Generator | None = None):
@@ -64,7 +57,7 @@ class Teacher:
         """dx/dt of the probability-flow ODE (EDM: (x - D)/t)."""
         tb = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         tb = tb.reshape(tb.shape + (1,) * (x.ndim - tb.ndim))
-        return (x - denoise_with(self, x, t, class_labels)) / tb
+        return (x - with_labels(self.denoise, x, t, class_labels=class_labels)) / tb
 
     def describe(self) -> dict:
         return {"teacher": type(self).__name__, "dim": self.dim}

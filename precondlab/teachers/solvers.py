@@ -8,22 +8,19 @@ from __future__ import annotations
 
 import torch
 
+from precondlab.labels import with_labels
 from precondlab.schedules import _bcast
 
 
-def _velocity(teacher, x, t, class_labels):
-    return teacher.velocity(x, t) if class_labels is None else teacher.velocity(x, t, class_labels)
-
-
 def euler_step(teacher, x, t, s, class_labels=None):
-    return x + _bcast(s - t, x) * _velocity(teacher, x, t, class_labels)
+    return x + _bcast(s - t, x) * with_labels(teacher.velocity, x, t, class_labels=class_labels)
 
 
 def heun_step(teacher, x, t, s, class_labels=None):
     """EDM's Heun (2nd-order) step from t to s; s must be > 0 for the corrector."""
-    d_t = _velocity(teacher, x, t, class_labels)
+    d_t = with_labels(teacher.velocity, x, t, class_labels=class_labels)
     x_euler = x + _bcast(s - t, x) * d_t
-    d_s = _velocity(teacher, x_euler, s, class_labels)
+    d_s = with_labels(teacher.velocity, x_euler, s, class_labels=class_labels)
     return x + _bcast(s - t, x) * 0.5 * (d_t + d_s)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from precondlab import registry, validation
+from precondlab.labels import with_labels
 from precondlab.registry import register
 from precondlab.schedules import _bcast
 from precondlab.teachers.solvers import euler_step, heun_step
@@ -50,14 +51,6 @@ def teacher_steps(teacher, x, grid, start, k, max_k: int, method="heun", masked:
         t, s = grid[(start + j).clamp(max=last)], grid[(start + j + 1).clamp(max=last)]
         x = torch.where(active, step(teacher, x, t, s, class_labels), x)
     return x
-
-
-def jump(precond, net, x, t, s, class_labels=None):
-    """precond.jump(net, x, t, s), with class_labels only when there are some (a plugin's
-    preconditioner for unconditional students may not take them)."""
-    if class_labels is None:
-        return precond.jump(net, x, t, s)
-    return precond.jump(net, x, t, s, class_labels=class_labels)
 
 
 @dataclass
@@ -157,8 +150,7 @@ class Objective:
         """EDM denoising loss on D_theta(x, sigma, sigma), weight (sigma^2 + sd^2)/(sigma sd)^2."""
         sigma = draw.sigma
         x = x0 + _bcast(sigma, x0) * draw.noise
-        denoised = (precond.network_output(student, x, sigma, sigma) if class_labels is None
-                    else precond.network_output(student, x, sigma, sigma, class_labels=class_labels))
+        denoised = with_labels(precond.network_output, student, x, sigma, sigma, class_labels=class_labels)
         sd = precond.sigma_data
         weight = (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2
         return (weight * l2(denoised, x0)).mean()
@@ -223,10 +215,11 @@ class CTMObjective(Objective):
         y = class_labels
         with precond.on_grid():  # t, u, s, eps are grid points: (f, g) looked up on the device
             with torch.no_grad():
-                target_s = jump(precond, student, x_u, u, s, y)        # G_sg(x_u, u, s)
-                target_0 = jump(precond, target, target_s, s, eps, y)  # then G_ema(., s, eps)
-            estimate_s = jump(precond, student, x_t, t, s, y)
-            estimate_0 = jump(precond, target, estimate_s, s, eps, y)  # gradient flows through the input
+                target_s = with_labels(precond.jump, student, x_u, u, s, class_labels=y)        # G_sg(x_u, u, s)
+                target_0 = with_labels(precond.jump, target, target_s, s, eps, class_labels=y)  # then G_ema(., s, eps)
+            estimate_s = with_labels(precond.jump, student, x_t, t, s, class_labels=y)
+            # the gradient flows through estimate_s, the EMA target's input
+            estimate_0 = with_labels(precond.jump, target, estimate_s, s, eps, class_labels=y)
         main = self.distance(estimate_0, target_0).mean()
         return main, {"loss_ctm": main.detach()}
 
@@ -250,6 +243,7 @@ class CMObjective(Objective):
             x_u = teacher_steps(teacher, x_t, grid, draw.n, draw.k, 1, self.teacher_solver, class_labels=class_labels)
         with precond.on_grid():  # t, u, eps are grid points
             with torch.no_grad():
-                target_0 = jump(precond, target, x_u, u, eps, class_labels)
-            main = self.distance(jump(precond, student, x_t, t, eps, class_labels), target_0).mean()
+                target_0 = with_labels(precond.jump, target, x_u, u, eps, class_labels=class_labels)
+            estimate_0 = with_labels(precond.jump, student, x_t, t, eps, class_labels=class_labels)
+            main = self.distance(estimate_0, target_0).mean()
         return main, {"loss_cm": main.detach()}
