@@ -76,7 +76,8 @@ def cmd_run(args) -> int:
     if not distributed.current().main:
         return 0                                  # rank 0 prints the summary of a multi-process run
     rows = [(k, f"{v:.4g}") for k, v in sorted(result.final.items())]
-    rows += [(k[len("eval."):], str(v)) for k, v in sorted(result.info.items()) if k.startswith("eval.times.")]
+    rows += [(k[len("eval."):], str(v)) for k, v in sorted(result.info.items())   # how the samples were made
+             if k.startswith("eval.times.") or k == "eval.class_labels"]
     rows += [("mlflow run", result.run_id), ("checkpoint", result.checkpoint or "-")]
     # With --json, stdout holds exactly one JSON document (pipe it into jq); the table goes to stderr.
     table = sys.stderr if args.json else sys.stdout

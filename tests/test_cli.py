@@ -1,5 +1,6 @@
 """Every gin file runs through the CLI; bad input gets one clear message and no RUNNING run."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,7 @@ def test_every_gin_file_runs(gin_file, tmp_path):
         if gin_file.name.startswith(("cifar_cond_", "imagenet64_")):   # labels in (the run fails without), uniform out
             classes = 10 if gin_file.name.startswith("cifar") else 3
             assert runs[0].data.params["eval.class_labels"] == f"uniform over {classes} classes (EDM's generate.py)"
+            assert re.search(rf"class_labels +uniform over {classes} classes", out.stdout)   # and in the summary
         fraction = float(runs[0].data.params["student_init_copied_fraction"])
         assert fraction == 1.0 if not gin_file.name.startswith("ffhq64_") else 0.99 < fraction < 1.0, fraction
 
