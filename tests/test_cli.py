@@ -53,34 +53,24 @@ def setup_bindings(gin_file: Path, tmp_path: Path) -> tuple[str, list[str], str]
     name = gin_file.name
     if name.startswith("toy_"):
         return "run", bindings(), "traj_mse/nfe2"
+    import image_fixtures as fx
     if name.startswith("cifar_"):
-        from image_fixtures import tiny_image_bindings, write_cifar_cond_fixture, write_cifar_fixture
-        pkl, data = (write_cifar_cond_fixture if name.startswith("cifar_cond_") else write_cifar_fixture)(tmp_path)
-        extra = tiny_image_bindings(tmp_path / "fid-cache") + [f"TEACHER_PKL = '{pkl}'", f"DATA_DIR = '{data}'",
-                                                               f"ode.analytic.cache_dir = '{tmp_path / 'stats'}'"]
-        return "run", [a for b in extra for a in ("--gin_bindings", b)], "fd_classifier/nfe2"
-    if name.startswith("ffhq64_"):
-        from image_fixtures import FFHQ64_CHANNEL_MULT, tiny_image_bindings, write_ffhq64_fixture
-        pkl, data = write_ffhq64_fixture(tmp_path)
-        extra = tiny_image_bindings(tmp_path / "fid-cache") + [
-            f"TEACHER_PKL = '{pkl}'", f"FFHQ_ZIP = '{data}'", f"CHANNEL_MULT = {tuple(FFHQ64_CHANNEL_MULT)}",
-            f"ode.analytic.cache_dir = '{tmp_path / 'stats'}'"]
-        return "run", [a for b in extra for a in ("--gin_bindings", b)], "fd_classifier/nfe2"
-    if name.startswith("imagenet64_"):
-        from image_fixtures import IMAGENET64_LABEL_DIM, tiny_image_bindings, write_imagenet64_fixture
-        pkl, data = write_imagenet64_fixture(tmp_path)
-        extra = tiny_image_bindings(tmp_path / "fid-cache") + [
-            f"TEACHER_PKL = '{pkl}'", f"IMAGENET_ZIP = '{data}'", f"LABEL_DIM = {IMAGENET64_LABEL_DIM}",
-            f"ode.analytic.cache_dir = '{tmp_path / 'stats'}'"]
-        return "run", [a for b in extra for a in ("--gin_bindings", b)], "fd_classifier/nfe2"
-    if name.startswith("fashion_"):
-        from image_fixtures import tiny_image_bindings, write_fashion_fixture
-        ckpt, data = write_fashion_fixture(tmp_path)
-        extra = tiny_image_bindings(tmp_path / "fid-cache") + [
-            f"TEACHER_CKPT = '{ckpt}'", f"dataset.fashion_mnist.data_dir = '{data}'",
-            "dataset.fashion_mnist.system_dir = None", f"ode.analytic.cache_dir = '{tmp_path / 'stats'}'"]
-        return "run", [a for b in extra for a in ("--gin_bindings", b)], "fd_classifier/nfe2"
-    raise AssertionError(f"{name}: add its tiny setup here, so every gin file is exercised")
+        pkl, data = (fx.write_cifar_cond_fixture if name.startswith("cifar_cond_") else fx.write_cifar_fixture)(tmp_path)
+        files = [f"TEACHER_PKL = '{pkl}'", f"DATA_DIR = '{data}'"]
+    elif name.startswith("ffhq64_"):
+        pkl, data = fx.write_ffhq64_fixture(tmp_path)
+        files = [f"TEACHER_PKL = '{pkl}'", f"FFHQ_ZIP = '{data}'", f"CHANNEL_MULT = {tuple(fx.FFHQ64_CHANNEL_MULT)}"]
+    elif name.startswith("imagenet64_"):
+        pkl, data = fx.write_imagenet64_fixture(tmp_path)
+        files = [f"TEACHER_PKL = '{pkl}'", f"IMAGENET_ZIP = '{data}'", f"LABEL_DIM = {fx.IMAGENET64_LABEL_DIM}"]
+    elif name.startswith("fashion_"):
+        ckpt, data = fx.write_fashion_fixture(tmp_path)
+        files = [f"TEACHER_CKPT = '{ckpt}'", f"dataset.fashion_mnist.data_dir = '{data}'",
+                 "dataset.fashion_mnist.system_dir = None"]
+    else:
+        raise AssertionError(f"{name}: add its tiny setup here, so every gin file is exercised")
+    extra = fx.tiny_image_bindings(tmp_path / "fid-cache") + files + [f"ode.analytic.cache_dir = '{tmp_path / 'stats'}'"]
+    return "run", [a for b in extra for a in ("--gin_bindings", b)], "fd_classifier/nfe2"
 
 
 @pytest.mark.parametrize("gin_file", TOP_LEVEL, ids=lambda p: p.name)

@@ -22,18 +22,26 @@ from precondlab.teachers.solvers import solve
 from precondlab.training.objectives import CMObjective, CTMObjective, DSMDraw, teacher_steps
 
 
-@pytest.mark.parametrize("masked", [True, False])   # the accelerator's way and the CPU's
-def test_teacher_steps_equal_per_example_solves(masked):
-    teacher = GMMTeacher(dim=3, num_components=4, seed=2)
+def _check_teacher_steps(teacher, masked, seed, labelled=False):
+    """teacher_steps on 12 examples (each its own start and k, and label) against per-example solves."""
     grid = teacher.schedule.karras(10)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     x = 10 * torch.randn(12, 3, generator=g, dtype=torch.float64)
     start = torch.randint(0, 6, (12,), generator=g)
     k = 1 + torch.randint(0, 3, (12,), generator=g)               # 1..3 steps, start + k <= 8
-    out = teacher_steps(teacher, x, grid, start, k, max_k=5, masked=masked)    # more loop rounds than any k
+    labels = torch.nn.functional.one_hot(torch.randint(0, 2, (12,), generator=g), 2).double() if labelled else None
+    # more loop rounds than any k
+    out = teacher_steps(teacher, x, grid, start, k, max_k=5, masked=masked, class_labels=labels)
     for i in range(12):
         ts = grid[int(start[i]): int(start[i] + k[i]) + 1].tolist()
-        torch.testing.assert_close(out[i:i + 1], solve(teacher, x[i:i + 1], ts, "heun"))
+        row = None if labels is None else labels[i:i + 1]
+        torch.testing.assert_close(out[i:i + 1], solve(teacher, x[i:i + 1], ts, "heun", class_labels=row))
+    return x, grid, start, k
+
+
+@pytest.mark.parametrize("masked", [True, False])   # the accelerator's way and the CPU's
+def test_teacher_steps_equal_per_example_solves(masked):
+    _check_teacher_steps(GMMTeacher(dim=3, num_components=4, seed=2), masked, seed=0)
 
 
 class LabelledGMM(GMMTeacher):
@@ -52,16 +60,7 @@ class LabelledGMM(GMMTeacher):
 def test_teacher_steps_carry_each_examples_label(masked):
     """The CPU way reorders the examples by k: each label must move with its example."""
     teacher = LabelledGMM(dim=3, num_components=4, seed=2)
-    grid = teacher.schedule.karras(10)
-    g = torch.Generator().manual_seed(1)
-    x = 10 * torch.randn(12, 3, generator=g, dtype=torch.float64)
-    start = torch.randint(0, 6, (12,), generator=g)
-    k = 1 + torch.randint(0, 3, (12,), generator=g)
-    labels = torch.nn.functional.one_hot(torch.randint(0, 2, (12,), generator=g), 2).double()
-    out = teacher_steps(teacher, x, grid, start, k, max_k=5, masked=masked, class_labels=labels)
-    for i in range(12):
-        ts = grid[int(start[i]): int(start[i] + k[i]) + 1].tolist()
-        torch.testing.assert_close(out[i:i + 1], solve(teacher, x[i:i + 1], ts, "heun", class_labels=labels[i:i + 1]))
+    x, grid, start, k = _check_teacher_steps(teacher, masked, seed=1, labelled=True)
     with pytest.raises(ValueError, match="class-conditional"):
         teacher_steps(teacher, x, grid, start, k, max_k=5, masked=masked)
 

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from precondlab.nets.songunet import Conv, PositionalEmbedding, UNetBlock, group_norm, linear
+from precondlab.nets.songunet import (Conv, PositionalEmbedding, UNetBlock, embedded_labels, group_norm, linear,
+                                      s_embedding)
 
 ADM_EPS = 1e-5   # EDM's GroupNorm default, which its DhariwalUNet keeps
 
@@ -98,18 +99,10 @@ class DhariwalUNet(nn.Module):
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)
         emb = self.map_layer1(F.silu(self.map_layer0(emb)))
-        if self.map_label is not None:
-            labels = class_labels
-            if labels is None:  # EDM feeds zeros when a conditional net gets no label
-                labels = torch.zeros(emb.shape[0], self.label_dim, device=emb.device)
-            labels = labels.to(emb.dtype)
-            if self.training and self.label_dropout:
-                labels = labels * (torch.rand(labels.shape[0], 1, device=emb.device) >= self.label_dropout)
-            emb = emb + self.map_label(labels)
+        if self.map_label is not None:   # after the mapping layers, and without SongUNet's sqrt(label_dim)
+            emb = emb + self.map_label(embedded_labels(self, class_labels, emb))
         if self.s_conditioning:
-            if noise_labels_s is None:
-                raise ValueError("this DhariwalUNet is s-conditioned (CTM): pass noise_labels_s")
-            emb = emb + self.map_layer1_s(F.silu(self.map_layer0_s(self.map_noise_s(noise_labels_s))))
+            emb = emb + s_embedding(self, noise_labels_s)
         return F.silu(emb)
 
     def forward(self,

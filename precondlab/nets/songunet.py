@@ -149,6 +149,25 @@ class FourierEmbedding(nn.Module):
         return torch.cat([phase.sin(), phase.cos()], dim=1)  # EDM's swapped order, as above
 
 
+def embedded_labels(net: nn.Module, class_labels: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """The class labels a conditional EDM network embeds (SongUNet and DhariwalUNet alike): zeros
+    when none are given, as EDM feeds them, and label dropout while training (guidance)."""
+    labels = class_labels
+    if labels is None:
+        labels = torch.zeros(like.shape[0], net.label_dim, device=like.device)
+    labels = labels.to(like.dtype)
+    if net.training and net.label_dropout:
+        labels = labels * (torch.rand(labels.shape[0], 1, device=like.device) >= net.label_dropout)
+    return labels
+
+
+def s_embedding(net: nn.Module, noise_labels_s: torch.Tensor | None) -> torch.Tensor:
+    """CTM's embedding of c_noise_s (our s-path), added to the t-embedding before its last SiLU."""
+    if noise_labels_s is None:
+        raise ValueError(f"this {type(net).__name__} is s-conditioned (CTM): pass noise_labels_s")
+    return net.map_layer1_s(F.silu(net.map_layer0_s(net.map_noise_s(noise_labels_s))))
+
+
 def noise_embedding(kind: str, num_channels: int) -> nn.Module:
     if kind == "positional":
         return PositionalEmbedding(num_channels)
@@ -317,20 +336,12 @@ class SongUNet(nn.Module):
     def embed(self, noise_labels, noise_labels_s=None, class_labels=None, augment_labels=None):
         emb = self.map_noise(noise_labels)
         if self.map_label is not None:
-            labels = class_labels
-            if labels is None:  # EDM feeds zeros when a conditional net gets no label
-                labels = torch.zeros(emb.shape[0], self.label_dim, device=emb.device)
-            labels = labels.to(emb.dtype)
-            if self.training and self.label_dropout:
-                labels = labels * (torch.rand(labels.shape[0], 1, device=emb.device) >= self.label_dropout)
-            emb = emb + self.map_label(labels * math.sqrt(self.label_dim))
+            emb = emb + self.map_label(embedded_labels(self, class_labels, emb) * math.sqrt(self.label_dim))
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)
         emb = self.map_layer1(F.silu(self.map_layer0(emb)))
         if self.s_conditioning:
-            if noise_labels_s is None:
-                raise ValueError("this SongUNet is s-conditioned (CTM): pass noise_labels_s")
-            emb = emb + self.map_layer1_s(F.silu(self.map_layer0_s(self.map_noise_s(noise_labels_s))))
+            emb = emb + s_embedding(self, noise_labels_s)
         return F.silu(emb)
 
     def forward(self,

@@ -108,9 +108,7 @@ class Objective:
         deferred = (self.dsm_adaptive and self.dsm_weight > 0 and precond.denoiser_form and last is not None
                     and not (torch.distributed.is_available() and torch.distributed.is_initialized()))
         with autocast:
-            grid = self.grid(precond.schedule, x0.device, x0.dtype)
-            draw = self.sample(x0, grid.numel(), generator)
-            main, logs = self.loss(student, target, precond, teacher, x0, grid, draw, class_labels)
+            main, logs = self.drawn_loss(student, target, precond, teacher, x0, generator, class_labels)
             if not deferred:
                 loss = self.combine(student, precond, main, x0, generator, logs, class_labels=class_labels)
             else:
@@ -131,11 +129,15 @@ class Objective:
     def grid(self, schedule, device, dtype):
         return schedule.karras(self.num_timesteps).to(device=device, dtype=dtype)
 
-    def __call__(self, student, target, precond, teacher, x0, generator, class_labels=None):
-        """(loss, logs) of one batch: the draws, the distillation loss, then the DSM term."""
+    def drawn_loss(self, student, target, precond, teacher, x0, generator, class_labels=None):
+        """(distillation loss, logs) of one batch: its draws, then the loss (no DSM term yet)."""
         grid = self.grid(precond.schedule, x0.device, x0.dtype)
         draw = self.sample(x0, grid.numel(), generator)
-        main, logs = self.loss(student, target, precond, teacher, x0, grid, draw, class_labels)
+        return self.loss(student, target, precond, teacher, x0, grid, draw, class_labels)
+
+    def __call__(self, student, target, precond, teacher, x0, generator, class_labels=None):
+        """(loss, logs) of one batch: the draws, the distillation loss, then the DSM term."""
+        main, logs = self.drawn_loss(student, target, precond, teacher, x0, generator, class_labels)
         return self.combine(student, precond, main, x0, generator, logs, class_labels=class_labels), logs
 
     # -- the DSM regulariser (CTM) -------------------------------------------------------
