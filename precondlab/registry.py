@@ -42,7 +42,8 @@ KINDS: dict[str, str] = {
     "ode": "called with its gin parameters; returns an ODEGeneralization; .fit(teacher) gives l(lambda), s(lambda).",
     "preconditioner": "called with its gin parameters; returns a Preconditioner: f(t, s), g(t, s) with "
                       "f(t, t) = 1, g(t, t) = 0, and jump().",
-    "student": "called with (dim=...) and gin parameters; returns an nn.Module F(x, c_noise_t, c_noise_s).",
+    "student": "called with (dim=...) and gin parameters; returns an nn.Module "
+               "F(x, c_noise_t, c_noise_s[, class_labels]).",
     "objective": "called with its gin parameters; returns an Objective: objective(student, target, precond, "
                  "teacher, x0, generator[, class_labels=]) -> (loss, logs).",
     "loss": "called with its gin parameters; returns a callable distance(a, b) -> per-example tensor.",

@@ -50,7 +50,7 @@ def check_dim(kind: str, dim: int | None, in_channels: int, img_resolution: int)
 
 @register("student", "songunet")
 class SongUNetStudent(ImageStudent, SongUNet):
-    """CTM student F(c_in x, c_noise_t, c_noise_s) on EDM's DDPM++ U-Net (EDM-compatible names).
+    """CTM student F(c_in x, c_noise_t, c_noise_s[, class_labels]) on EDM's DDPM++ U-Net (EDM-compatible names).
 
     Accepts images (B, C, H, W) or flat vectors (B, C*H*W); runs in its own parameter dtype and
     returns the caller's dtype and layout.
